@@ -1,0 +1,84 @@
+"""Finishing releases that cannot run where they were triggered.
+
+A Lease finalizer (``__del__``) or a dying thread's owner record may run at any allocation, including
+while the same thread holds a backend mutex or runs an event loop. Releasing there could deadlock or
+block the loop. So an abandoned lease is first offered to its channel's non-blocking path
+(``Channel.try_release_abandoned``) and, when that cannot proceed at once, queued to one daemon thread
+that performs the release. ``SimpleQueue.put`` is safe to call from finalizers.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import warnings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .._lease import Lease
+
+_queue: queue.SimpleQueue[Lease | None] = queue.SimpleQueue()
+_thread: threading.Thread | None = None
+_start_lock = threading.Lock()
+
+
+def _run() -> None:
+    while True:
+        lease = _queue.get()
+        if lease is None:
+            return
+        try:
+            lease._channel.release(lease, lease.permits, abandoned=True)
+        except Exception as exc:  # the backend reports its own failures; never kill the reaper
+            warnings.warn(f"interlock: could not return abandoned {lease!r}: {exc!r}", RuntimeWarning,
+                          stacklevel=1)
+
+
+def _ensure_thread() -> None:
+    global _thread
+    if _thread is not None and _thread.is_alive():
+        return
+    with _start_lock:
+        if _thread is None or not _thread.is_alive():
+            _thread = threading.Thread(target=_run, name="interlock-reaper", daemon=True)
+            _thread.start()
+
+
+def _after_fork() -> None:
+    global _thread, _queue, _start_lock
+    _thread = None
+    _queue = queue.SimpleQueue()
+    _start_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+def abandon(lease: Lease, why: str) -> None:
+    """Return an abandoned lease's permits and mark the primitive so its next grant reports
+    ``previous_owner_died``. Never blocks."""
+    if not lease._mark_abandoned(why):
+        return
+    if lease._channel.try_release_abandoned(lease):
+        return
+    _ensure_thread()
+    _queue.put(lease)
+
+
+def drain(timeout: float = 5.0) -> None:
+    """Wait until every queued abandoned lease has been returned (used by tests)."""
+    done = threading.Event()
+
+    class _Marker:
+        permits = 0
+
+        class _channel:  # noqa: N801 - mimics Lease's attribute
+            @staticmethod
+            def release(_lease: object, _permits: int, abandoned: bool = True) -> None:
+                done.set()
+
+    _ensure_thread()
+    _queue.put(_Marker())  # type: ignore[arg-type]
+    done.wait(timeout)

@@ -1,0 +1,1 @@
+"""Backends, one module each, imported lazily by URL scheme (see ``interlock._registry``)."""

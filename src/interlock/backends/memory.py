@@ -1,0 +1,435 @@
+"""``memory://``: primitives shared by the threads and asyncio tasks (of any number of event loops) of
+one process.
+
+``memory://`` is one namespace per process; ``memory://<label>`` gives independent namespaces (useful in
+tests). Recovery: a holder that dies (its thread or task ends, or its Lease is garbage-collected) returns
+its permits at once. Fencing tokens strictly increase per name for the life of the process. Nothing
+survives the process.
+
+Algorithm: one mutex per primitive guards ``available``, the FIFO ``waiters`` deque and the ``holders``
+table. A release hands permits directly to the head waiter(s) (they never re-compete), so a releaser
+that re-acquires at once queues behind them: no barging, no lost wake-ups.
+"""
+
+from __future__ import annotations
+
+import _thread
+import asyncio
+import itertools
+import threading
+import time
+import weakref
+from collections import deque
+from typing import Any
+
+from .._core import deadlock
+from .._core.owner import ThreadOwner, owner_label
+from .._core.waiter import CANCELLED, GRANTED, WAITING, TaskWaiter, ThreadWaiter, Waiter, pop_grantable
+from .._errors import AcquireTimeout, BlockingCallInEventLoop, InvalidArgument, OverRelease, WouldBlock
+from .._lease import Lease
+from .._spi import Backend, Channel, HolderInfo, Statistics, WaiterInfo, held_for
+
+_get_running_loop = asyncio._get_running_loop
+_current_task = asyncio.current_task
+
+# One process-wide counter: tokens then strictly increase per name even when a name's channel is
+# garbage-collected and created again.
+_tokens = itertools.count(1)
+_new_lease = Lease.__new__
+_monotonic = time.monotonic
+
+
+def _on_task_done(lease: Lease, task: asyncio.Task[Any]) -> None:
+    if lease._state == 0:  # HELD: the task ended without releasing its lock
+        from .._core import reaper
+
+        reaper.abandon(lease, f"its owner task {task.get_name()!r} ended while holding it")
+
+
+class MemoryChannel(Channel):
+    # Invariants (all under _mutex):
+    #   available + sum(permits of holders) == capacity   (bounded); for unbounded semaphores capacity
+    #   grows with signal() and shrinks with forget().
+    #   If waiters is non-empty, its head does not fit in `available` (grants are made eagerly).
+    #   Every waiter in `waiters` is in state WAITING; a waiter leaves the deque exactly when it leaves
+    #   WAITING.
+    #   holders maps token -> (owner, permits, acquired_at, mode) for every unreleased grant.
+
+    def __init__(self, backend: MemoryBackend, name: str, kind: str, capacity: int, bounded: bool) -> None:
+        super().__init__(backend, name, kind, capacity, bounded)
+        self._mutex = _thread.allocate_lock()
+        self.available = capacity
+        self.waiters: deque[Waiter] = deque()
+        self.holders: dict[int, tuple[Any, int, float, str]] = {}
+        self._prev_died = False
+        self._last_token: int | None = None
+        self._owned = kind != "semaphore"
+
+    # -- fast path helpers -------------------------------------------------------------------------
+    def _grant_locked(self, permits: int, owner: Any, site: Any, mode: str) -> Lease:
+        token = next(_tokens)
+        self._last_token = token
+        lease = Lease(self, token, permits, owner, site, mode, self._prev_died)
+        self._prev_died = False
+        self.holders[token] = (owner, permits, lease.acquired_at, mode)
+        return lease
+
+    def _track_owner(self, lease: Lease) -> None:
+        """Owned grants (locks, write locks) are tied to their owner's life."""
+        owner = lease.owner
+        if type(owner) is ThreadOwner:
+            owner.held[id(lease)] = lease
+        elif isinstance(owner, asyncio.Task):
+            cb = _TaskDeath(lease)
+            lease.backend_data = cb
+            owner.add_done_callback(cb)
+
+    def _untrack_owner(self, lease: Lease) -> None:
+        owner = lease.owner
+        if type(owner) is ThreadOwner:
+            owner.held.pop(id(lease), None)
+        elif lease.backend_data is not None and isinstance(owner, asyncio.Task):
+            owner.remove_done_callback(lease.backend_data)
+            lease.backend_data = None
+
+    def _wake_granted(self) -> None:
+        """Grant every waiter that now fits. Caller holds _mutex."""
+        if not self.waiters:
+            return
+        granted, self.available = pop_grantable(self.waiters, self.available, True)
+        for w in granted:
+            lease = self._grant_locked(w.permits, w.owner, w.site, w.mode)
+            w.lease = lease
+            w.state = GRANTED
+            if not w.wake():
+                # Its event loop is gone: undo and move on to the next waiter.
+                w.state = CANCELLED
+                lease._state = 1
+                del self.holders[lease.token]
+                self.available += w.permits
+        if granted and self.waiters and self.available >= self.waiters[0].permits:
+            self._wake_granted()
+
+    # -- acquire -----------------------------------------------------------------------------------
+    def _doomed(self, permits: int) -> None:
+        if self.bounded and permits > self.capacity:
+            raise InvalidArgument(
+                f"cannot acquire {permits} permits of {self.describe()}: its capacity is {self.capacity}; "
+                "ask for at most the capacity", name=self.name, permits=permits, capacity=self.capacity,
+            )
+
+    def acquire(
+        self, permits: int, timeout: float | None, blocking: bool, owner: Any, site: Any, mode: str,
+        fair: bool = True,
+    ) -> Lease:
+        mutex = self._mutex
+        mutex.acquire()
+        try:
+            if self.available >= permits and (not self.waiters or not fair):
+                # Fast path, inlined on purpose (it is most of the cost of an uncontended pair).
+                self.available -= permits
+                self._last_token = token = next(_tokens)
+                lease = _new_lease(Lease)
+                lease._channel = self
+                lease.token = token
+                lease.permits = permits
+                lease.owner = owner
+                lease._site = site
+                lease.mode = mode
+                lease.acquired_at = at = _monotonic()
+                if self._prev_died:
+                    lease.previous_owner_died = True
+                    self._prev_died = False
+                self.holders[token] = (owner, permits, at, mode)
+            else:
+                lease = None
+        finally:
+            mutex.release()
+        if lease is not None:
+            if self._owned and mode == "exclusive":
+                self._track_owner(lease)
+            return lease
+        return self._acquire_slow(permits, timeout, blocking, owner, site, mode)
+
+    def _acquire_slow(self, permits: int, timeout: float | None, blocking: bool, owner: Any, site: Any,
+                      mode: str) -> Lease:
+        mutex = self._mutex
+        mutex.acquire()
+        try:
+            if self.available >= permits and not self.waiters:  # freed meanwhile
+                self.available -= permits
+                lease = self._grant_locked(permits, owner, site, mode)
+                if self._owned and mode == "exclusive":
+                    self._track_owner(lease)
+                return lease
+            self._doomed(permits)
+            if not blocking or timeout == 0:
+                raise WouldBlock(
+                    f"{self.describe()} cannot grant {permits} permit(s) now", name=self.name, permits=permits
+                )
+            if _get_running_loop() is not None:
+                raise BlockingCallInEventLoop(
+                    f"blocking acquire of {self.describe()} on a thread whose event loop is running would "
+                    "deadlock it; use 'async with' or 'await acquire_async()' instead",
+                    name=self.name,
+                )
+            w = ThreadWaiter(permits, owner, site, mode)
+            self.waiters.append(w)
+        finally:
+            mutex.release()
+        return self._wait_thread(w, timeout)
+
+    def _wait_thread(self, w: ThreadWaiter, timeout: float | None) -> Lease:
+        owner = w.owner
+        try:
+            deadlock.enter_wait(owner, self)
+        except BaseException:
+            self._cancel(w)
+            raise
+        try:
+            got = w.wait(timeout)
+        except BaseException:  # KeyboardInterrupt or another async exception while blocked
+            self._withdraw(w)
+            raise
+        finally:
+            deadlock.leave_wait(owner)
+        if not got and self._cancel(w):
+            raise AcquireTimeout(
+                f"timed out after {timeout}s waiting for {w.permits} permit(s) of {self.describe()}",
+                name=self.name, permits=w.permits, timeout=timeout,
+            )
+        lease = w.lease
+        assert lease is not None
+        if self._owned and lease.mode == "exclusive":
+            self._track_owner(lease)
+        return lease
+
+    def _cancel(self, w: Waiter) -> bool:
+        """Withdraw a waiter. Returns True if it was still waiting; if it had been granted meanwhile,
+        the grant is returned (passing it on) and False is returned only when the caller may keep it."""
+        with self._mutex:
+            if w.state == WAITING:
+                w.state = CANCELLED
+                self.waiters.remove(w)
+                self._wake_granted()  # the head may have changed
+                return True
+        return False
+
+    def _withdraw(self, w: Waiter) -> None:
+        """The waiter is leaving with an exception: never keep a grant it will not use."""
+        if not self._cancel(w) and w.state == GRANTED and w.lease is not None:
+            w.lease._state = 1
+            self.release(w.lease, w.permits)
+
+    async def acquire_async(
+        self, permits: int, timeout: float | None, blocking: bool, owner: Any, site: Any, mode: str,
+        fair: bool = True,
+    ) -> Lease:
+        mutex = self._mutex
+        mutex.acquire()
+        try:
+            if self.available >= permits and (not self.waiters or not fair):
+                self.available -= permits
+                self._last_token = token = next(_tokens)
+                lease = _new_lease(Lease)
+                lease._channel = self
+                lease.token = token
+                lease.permits = permits
+                lease.owner = owner
+                lease._site = site
+                lease.mode = mode
+                lease.acquired_at = at = _monotonic()
+                if self._prev_died:
+                    lease.previous_owner_died = True
+                    self._prev_died = False
+                self.holders[token] = (owner, permits, at, mode)
+                if self._owned and mode == "exclusive":
+                    self._track_owner(lease)
+                return lease
+            self._doomed(permits)
+            if not blocking or timeout == 0:
+                raise WouldBlock(
+                    f"{self.describe()} cannot grant {permits} permit(s) now", name=self.name, permits=permits
+                )
+            loop = asyncio.get_running_loop()
+            w = TaskWaiter(permits, owner, site, mode, loop)
+            self.waiters.append(w)
+        finally:
+            mutex.release()
+        return await self._wait_task(w, timeout, loop)
+
+    async def _wait_task(self, w: TaskWaiter, timeout: float | None, loop: asyncio.AbstractEventLoop) -> Lease:
+        owner = w.owner
+        timer = None
+        try:
+            deadlock.enter_wait(owner, self)
+        except BaseException:
+            self._cancel(w)
+            raise
+        try:
+            if timeout is not None:
+                timer = loop.call_later(timeout, self._expire_task_waiter, w)
+            await w.fut
+        except BaseException:
+            # Cancelled (or interrupted) at the await: withdraw, or give back a grant that raced in.
+            self._withdraw(w)
+            raise
+        finally:
+            deadlock.leave_wait(owner)
+            if timer is not None:
+                timer.cancel()
+        if w.state != GRANTED:
+            raise AcquireTimeout(
+                f"timed out after {timeout}s waiting for {w.permits} permit(s) of {self.describe()}",
+                name=self.name, permits=w.permits, timeout=timeout,
+            )
+        lease = w.lease
+        assert lease is not None
+        if self._owned and lease.mode == "exclusive":
+            self._track_owner(lease)
+        return lease
+
+    def _expire_task_waiter(self, w: TaskWaiter) -> None:
+        with self._mutex:
+            if w.state != WAITING:
+                return
+            w.state = CANCELLED
+            self.waiters.remove(w)
+            self._wake_granted()
+        if not w.fut.done():
+            w.fut.set_result(None)
+
+    # -- release -----------------------------------------------------------------------------------
+    def release(self, lease: Lease, permits: int, abandoned: bool = False) -> None:
+        mutex = self._mutex
+        mutex.acquire()
+        try:
+            rec = self.holders.pop(lease.token, None)
+            if rec is not None:
+                held = rec[1]
+                if permits < held:  # partial release: keep the rest
+                    self.holders[lease.token] = (rec[0], held - permits, rec[2], rec[3])
+                    held = permits
+                self.available += held
+                if abandoned:
+                    self._prev_died = True
+                if self.waiters:
+                    self._wake_granted()
+        finally:
+            mutex.release()
+        if self._owned:
+            self._untrack_owner(lease)
+
+    def try_release_abandoned(self, lease: Lease) -> bool:
+        # Called from finalizers: never wait for the mutex (this thread might hold it).
+        if not self._mutex.acquire(False):
+            return False
+        self._mutex.release()
+        self.release(lease, lease.permits, abandoned=True)
+        return True
+
+    def downgrade(self, lease: Lease) -> None:
+        with self._mutex:
+            rec = self.holders.get(lease.token)
+            if rec is None:
+                lease.ensure_held()
+                return
+            give = rec[1] - 1
+            self.holders[lease.token] = (rec[0], 1, rec[2], "shared")
+            lease.permits = 1
+            lease.mode = "shared"
+            self.available += give
+            self._wake_granted()
+        self._untrack_owner(lease)
+
+    def forget(self, lease: Lease) -> None:
+        with self._mutex:
+            rec = self.holders.pop(lease.token, None)
+            if rec is not None and not self.bounded:
+                self.capacity -= rec[1]
+            elif rec is not None:
+                self.available += rec[1]  # bounded: forgetting would shrink capacity forever; refuse
+                self._wake_granted()
+        self._untrack_owner(lease)
+
+    def signal(self, permits: int) -> None:
+        with self._mutex:
+            if self.bounded:
+                raise OverRelease(
+                    f"{self.describe()} is bounded: release() without holding a permit would exceed its "
+                    f"capacity {self.capacity}; release the Lease from acquire(), or create the semaphore "
+                    "with bounded=False for signalling", name=self.name, capacity=self.capacity,
+                )
+            self.capacity += permits
+            self.available += permits
+            self._wake_granted()
+
+    # -- inspection --------------------------------------------------------------------------------
+    def statistics(self) -> Statistics:
+        with self._mutex:
+            holders = list(self.holders.items())
+            waiters = list(self.waiters)
+            available = self.available
+            capacity = self.capacity
+            last = self._last_token
+        return Statistics(
+            name=self.name,
+            kind=self.kind,
+            capacity=capacity,
+            available=available,
+            holders=tuple(
+                HolderInfo(owner_label(o), p, tok, m, held_for(at)) for tok, (o, p, at, m) in holders
+            ),
+            waiters=tuple(WaiterInfo(owner_label(w.owner), w.permits, w.mode, held_for(w.since)) for w in waiters),
+            bounded=self.bounded,
+            last_token=last,
+            backend=self.backend.display_url,
+        )
+
+    def local_holder_owners(self) -> list[Any]:
+        return [rec[0] for rec in list(self.holders.values())]
+
+    def locked(self) -> bool:
+        return self.available < 1 or bool(self.waiters)
+
+
+class _TaskDeath:
+    """Done-callback tying a lock lease to its owner task's life."""
+
+    __slots__ = ("lease_ref",)
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease_ref = weakref.ref(lease)
+
+    def __call__(self, task: asyncio.Task[Any]) -> None:
+        lease = self.lease_ref()
+        if lease is not None:
+            _on_task_done(lease, task)
+
+
+class MemoryBackend(Backend):
+    """In-process namespace. ``memory://`` is shared by the whole process; ``memory://label`` is a
+    separate namespace per label."""
+
+    schemes = ("memory",)
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._lock = threading.Lock()
+        # Weak: a name's state lives as long as some object or lease refers to it.
+        self._channels: weakref.WeakValueDictionary[str, MemoryChannel] = weakref.WeakValueDictionary()
+
+    def channel(self, name: str, kind: str, capacity: int, bounded: bool) -> MemoryChannel:
+        with self._lock:
+            ch = self._channels.get(name)
+            if ch is None:
+                ch = MemoryChannel(self, name, kind, capacity, bounded)
+                self._channels[name] = ch
+            else:
+                ch.check_compatible(kind, capacity, bounded)
+            return ch
+
+    def status(self, name: str | None = None) -> list[Statistics]:
+        with self._lock:
+            chans = [self._channels.get(name)] if name is not None else list(self._channels.values())
+        return [c.statistics() for c in sorted((c for c in chans if c is not None), key=lambda c: c.name)]

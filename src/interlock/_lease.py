@@ -135,7 +135,7 @@ class Lease:
         if self._state != HELD:
             return False
         d = self._deadline
-        return d is None or _monotonic() < d
+        return (d is None or _monotonic() < d) and self._channel.is_current(self)
 
     @property
     def deadline(self) -> float | None:
@@ -233,8 +233,12 @@ class Lease:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
 
+        def _resolve() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
         def _done(_: Lease) -> None:
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
+            loop.call_soon_threadsafe(_resolve)
 
         self.on_lost(_done)
         await fut

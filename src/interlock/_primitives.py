@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-import asyncio
+import sys
+from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any
 
-import sys
-
-from ._core.owner import _tls, thread_owner
-from ._errors import InvalidArgument, InvalidArgumentType, NotOwnerError, OverRelease
 from . import _lease
+from ._core.owner import _tls, fast_current_task, thread_owner
+from ._errors import InvalidArgument, InvalidArgumentType, NotOwnerError, OverRelease
 from ._lease import Lease, capture_site
 from ._registry import connect
 from ._spi import RW_CAPACITY, Backend, Channel, Statistics
@@ -19,7 +18,7 @@ from ._validate import check_name, check_permits, check_timeout
 
 __all__ = ["Lock", "RLock", "RWLock", "Semaphore"]
 
-_current_task = asyncio.current_task
+_current_task = fast_current_task
 _getframe = sys._getframe
 
 
@@ -105,21 +104,28 @@ class Lock(_Primitive):
         self._fair = True
         self._cm = None
 
+    # The channel remembers the lease taken through Lock objects of this name in this process
+    # (``_r_lease``; a lock has one holder), so ``release()`` and ``__exit__`` need no lookup. For
+    # RLock, ``_r_depth`` counts nested acquires by ``_r_lease.owner``.
+
     def acquire(self, *, timeout: float | None = None, blocking: bool = True) -> Lease:
         """Block until the lock is granted; return its Lease (context manager, fencing ``token``).
 
         Raises AcquireTimeout after ``timeout`` seconds, WouldBlock if ``blocking=False`` and the lock
-        is taken (or others queue), DeadlockError, BlockingCallInEventLoop on a loop thread.
+        is taken (or others queue), DeadlockError if the caller already holds it (non-reentrant) or
+        would close a wait-for cycle, BlockingCallInEventLoop on a thread running an event loop.
         """
+        if timeout is not None:
+            timeout = check_timeout(timeout)
+        try:
+            owner = _tls.owner
+        except AttributeError:
+            owner = thread_owner()
         ch = self._ch
-        owner = thread_owner()
-        if self._reentrant:
-            lease = self._reenter(ch, owner)
-            if lease is not None:
-                return lease
-        lease = ch.acquire(1, None if timeout is None else check_timeout(timeout), blocking, owner,
-                           capture_site(1), "exclusive", True)
-        ch._r_owner = owner
+        if self._reentrant and (lease := self._reenter(ch, owner)) is not None:
+            return lease
+        site = capture_site(1) if _lease._debug else _getframe(1).f_code
+        lease = ch.acquire(1, timeout, blocking, owner, site, "exclusive", True)
         ch._r_lease = lease
         ch._r_depth = 1
         return lease
@@ -128,39 +134,27 @@ class Lock(_Primitive):
         """Suspend until granted (see :meth:`acquire`). Cancellation leaves no grant behind."""
         ch = self._ch
         owner = _task_owner()
-        if self._reentrant:
-            lease = self._reenter(ch, owner)
-            if lease is not None:
-                return lease
+        if self._reentrant and (lease := self._reenter(ch, owner)) is not None:
+            return lease
         lease = await ch.acquire_async(1, _timeout(timeout), blocking, owner, capture_site(1),
                                        "exclusive", True)
-        ch._r_owner = owner
         ch._r_lease = lease
         ch._r_depth = 1
         return lease
 
     def try_acquire(self) -> Lease | None:
         """Take the lock if it is free and nobody queues; else return None at once."""
-        owner = thread_owner()
-        if self._reentrant:
-            lease = self._reenter(self._ch, owner)
-            if lease is not None:
-                return lease
-        try:
-            lease = self._ch.acquire(1, 0.0, False, owner, capture_site(1), "exclusive", True)
-        except Exception as exc:
-            from ._errors import WouldBlock
+        from ._errors import WouldBlock
 
-            if isinstance(exc, WouldBlock):
-                return None
-            raise
-        self._ch._r_owner, self._ch._r_lease, self._ch._r_depth = owner, lease, 1
-        return lease
+        try:
+            return self.acquire(blocking=False)
+        except WouldBlock:
+            return None
 
     @staticmethod
     def _reenter(ch: Channel, owner: Any) -> Lease | None:
         lease = ch._r_lease
-        if ch._r_owner is owner and lease is not None and lease.held:
+        if lease is not None and lease.owner is owner and lease.held:
             ch._r_depth += 1
             return lease
         return None
@@ -168,10 +162,10 @@ class Lock(_Primitive):
     def _owned_lease(self, owner: Any) -> Lease:
         ch = self._ch
         lease = ch._r_lease
-        if lease is None or ch._r_owner is not owner or not lease.held:
+        if lease is None or lease.owner is not owner or not lease.held:
             from ._core.owner import owner_label
 
-            holder = ch._r_owner if (lease is not None and lease.held) else None
+            holder = lease.owner if (lease is not None and lease.held) else None
             who = f"it is held by {owner_label(holder)}" if holder is not None else "it is not held"
             raise NotOwnerError(
                 f"{owner_label(owner)} cannot release {ch.describe()}: {who}. Only the owner may release "
@@ -179,66 +173,58 @@ class Lock(_Primitive):
             )
         return lease
 
+    def _pop_lease(self) -> Lease | None:
+        """The lease to release now, or None while an RLock is still held at a lower depth."""
+        ch = self._ch
+        lease = ch._r_lease
+        if lease is None:
+            return None
+        if self._reentrant:
+            ch._r_depth -= 1
+            if ch._r_depth > 0:
+                return None
+        ch._r_lease = None
+        return lease
+
     def release(self) -> None:
         """Release the lock held by the calling thread. Raises NotOwnerError otherwise."""
-        self._release(thread_owner())
+        self._owned_lease(thread_owner())
+        lease = self._pop_lease()
+        if lease is not None:
+            lease.release()
 
     async def release_async(self) -> None:
         """Release the lock held by the calling task. Raises NotOwnerError otherwise."""
-        owner = _task_owner()
-        lease = self._owned_lease(owner)
-        if self._drop_depth():
+        self._owned_lease(_task_owner())
+        lease = self._pop_lease()
+        if lease is not None:
             await lease.release_async()
 
-    def _release(self, owner: Any) -> None:
-        lease = self._owned_lease(owner)
-        if self._drop_depth():
-            lease.release()
-
-    def _drop_depth(self) -> bool:
-        ch = self._ch
-        ch._r_depth -= 1
-        if ch._r_depth > 0:
-            return False
-        ch._r_owner = None
-        ch._r_lease = None
-        return True
-
     def __enter__(self) -> Lease:
+        try:
+            owner = _tls.owner
+        except AttributeError:
+            owner = thread_owner()
         ch = self._ch
-        owner = thread_owner()
-        if self._reentrant:
-            lease = self._reenter(ch, owner)
-            if lease is not None:
-                return lease
-        lease = ch.acquire(1, None, True, owner, capture_site(1), "exclusive", True)
-        ch._r_owner = owner
+        if self._reentrant and (lease := self._reenter(ch, owner)) is not None:
+            return lease
+        site = capture_site(1) if _lease._debug else _getframe(1).f_code
+        lease = ch.acquire(1, None, True, owner, site, "exclusive", True)
         ch._r_lease = lease
         ch._r_depth = 1
         return lease
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        ch = self._ch
-        lease = ch._r_lease
-        if lease is None:
-            return  # released explicitly inside the block
-        if self._reentrant:
-            ch._r_depth -= 1
-            if ch._r_depth > 0:
-                return
-        ch._r_owner = None
-        ch._r_lease = None
-        lease.release()
+        lease = self._pop_lease()
+        if lease is not None:
+            lease.release()
 
     async def __aenter__(self) -> Lease:
         ch = self._ch
         owner = _task_owner()
-        if self._reentrant:
-            lease = self._reenter(ch, owner)
-            if lease is not None:
-                return lease
+        if self._reentrant and (lease := self._reenter(ch, owner)) is not None:
+            return lease
         lease = await ch.acquire_async(1, None, True, owner, capture_site(1), "exclusive", True)
-        ch._r_owner = owner
         ch._r_lease = lease
         ch._r_depth = 1
         return lease
@@ -246,23 +232,15 @@ class Lock(_Primitive):
     async def __aexit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
-        ch = self._ch
-        lease = ch._r_lease
-        if lease is None:
-            return
-        if self._reentrant:
-            ch._r_depth -= 1
-            if ch._r_depth > 0:
-                return
-        ch._r_owner = None
-        ch._r_lease = None
-        await lease.release_async()
+        lease = self._pop_lease()
+        if lease is not None:
+            await lease.release_async()
 
     @property
     def owner(self) -> Any:
         """The thread owner or task holding the lock through this process, or None."""
         lease = self._ch._r_lease
-        return self._ch._r_owner if lease is not None and lease.held else None
+        return lease.owner if lease is not None and lease.held else None
 
 
 class RLock(Lock):
@@ -308,7 +286,7 @@ class Semaphore(_Primitive):
         cap = check_permits(permits, "permits", allow_zero=not bounded)
         self._ch = _channel(name, "semaphore", cap, bounded, url, backend)
         self._fair = fair
-        self._cm: dict[Any, list[Lease]] = {}
+        self._cm: dict[Any, Lease | list[Lease]] = {}
 
     @property
     def capacity(self) -> int:
@@ -332,13 +310,22 @@ class Semaphore(_Primitive):
         site = capture_site(1) if _lease._debug else _getframe(1).f_code
         return self._ch.acquire(permits, timeout, blocking, owner, site, "permits", self._fair)
 
-    async def acquire_async(self, permits: int = 1, *, timeout: float | None = None,
-                            blocking: bool = True) -> Lease:
-        """Suspend until granted (see :meth:`acquire`). Cancellation leaves no grant behind."""
+    def acquire_async(self, permits: int = 1, *, timeout: float | None = None,
+                      blocking: bool = True) -> Coroutine[Any, Any, Lease]:
+        """``await sem.acquire_async(n)``: suspend the task until granted (see :meth:`acquire`).
+
+        Cancellation (``task.cancel()``, ``asyncio.timeout``) at any point leaves no grant behind: a
+        waiter leaves the queue, and a grant that raced with the cancellation is passed on.
+        (A plain method returning the backend's coroutine: one coroutine per acquire, not two.)
+        """
         if permits.__class__ is not int or permits < 1:
             permits = check_permits(permits)
-        return await self._ch.acquire_async(permits, _timeout(timeout), blocking, _task_owner(),
-                                            capture_site(1), "permits", self._fair)
+        if timeout is not None:
+            timeout = check_timeout(timeout)
+        task = _current_task()
+        site = capture_site(1) if _lease._debug else _getframe(1).f_code
+        return self._ch.acquire_async(permits, timeout, blocking, task if task is not None else thread_owner(),
+                                      site, "permits", self._fair)
 
     def try_acquire(self, permits: int = 1) -> Lease | None:
         """Take ``permits`` now if that does not pass queued waiters (in fair mode); else None."""
@@ -367,15 +354,7 @@ class Semaphore(_Primitive):
         if not self._ch.bounded:
             await self._ch.signal_async(permits)
             return
-        owner = _task_owner()
-        stack = self._cm.get(owner)
-        if not stack:
-            self._over_release()
-        assert stack is not None
-        lease = stack.pop()
-        if not stack:
-            del self._cm[owner]
-        await lease.release_async()
+        await self._pop_task_lease(_task_owner()).release_async()
 
     def _over_release(self) -> None:
         raise OverRelease(
@@ -408,30 +387,52 @@ class Semaphore(_Primitive):
         return lease
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        self._release_cm(_tls.owner)
+        stack = _tls.owner.cm_stack
+        if stack and stack[-1]._channel is self._ch:
+            stack.pop().release()
+        else:
+            self._release_cm(_tls.owner)
 
     async def __aenter__(self) -> Lease:
         owner = _task_owner()
-        lease = await self._ch.acquire_async(1, None, True, owner, capture_site(1), "permits", self._fair)
-        stack = self._cm.get(owner)
-        if stack is None:
-            self._cm[owner] = [lease]
+        site = capture_site(1) if _lease._debug else _getframe(1).f_code
+        ch = self._ch
+        lease = ch.acquire_nowait(1, owner, site, "permits", self._fair)
+        if lease is None:
+            lease = await ch.acquire_async(1, None, True, owner, site, "permits", self._fair)
+        # Per-task record of the leases taken by `async with` blocks (a task's blocks nest).
+        cm = self._cm
+        prev = cm.get(owner)
+        if prev is None:
+            cm[owner] = lease
+        elif isinstance(prev, list):
+            prev.append(lease)
         else:
-            stack.append(lease)
+            cm[owner] = [prev, lease]
         return lease
 
     async def __aexit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
-        owner = _task_owner()
-        stack = self._cm.get(owner)
-        if not stack:
+        lease = self._pop_task_lease(_task_owner())
+        if self._ch.release_never_blocks:
+            lease.release()
+        else:
+            await lease.release_async()
+
+    def _pop_task_lease(self, owner: Any) -> Lease:
+        cm = self._cm
+        prev = cm.get(owner)
+        if prev is None:
             self._over_release()
-        assert stack is not None
-        lease = stack.pop()
-        if not stack:
-            del self._cm[owner]
-        await lease.release_async()
+        if isinstance(prev, list):
+            lease: Lease = prev.pop()
+            if len(prev) == 1:
+                cm[owner] = prev[0]
+            return lease
+        del cm[owner]
+        assert prev is not None
+        return prev
 
 
 class _PendingAcquire:

@@ -93,6 +93,11 @@ def connect(url: str | None = None) -> Backend:
         return b
 
 
+def live_backends() -> list[Backend]:
+    with _cache_lock:
+        return list(_cache.values())
+
+
 def _forget_after_fork() -> None:
     # A child must not share sockets or helper threads with its parent: start from a clean cache.
     global _cache_lock

@@ -104,9 +104,8 @@ class Channel(abc.ABC):
         self.kind = kind
         self.capacity = capacity
         self.bounded = bounded
-        # Reentrant-lock bookkeeping shared by every RLock object of this name in this process.
-        # Invariant: _r_owner is not None exactly while _r_lease is held by that owner, _r_depth >= 1.
-        self._r_owner: Any = None
+        # Lock/RLock bookkeeping shared by every Lock object of this name in this process: the lease
+        # taken through them (a lock has one holder) and, for RLock, the nesting depth of its owner.
         self._r_lease: Lease | None = None
         self._r_depth = 0
 
@@ -131,6 +130,15 @@ class Channel(abc.ABC):
         """Block the calling thread until granted. Raises AcquireTimeout, WouldBlock (blocking=False),
         DeadlockError, BlockingCallInEventLoop (about to block on a loop thread)."""
 
+    # True when release() never blocks nor does I/O (then async callers may call it directly instead of
+    # awaiting release_async, saving a coroutine per release).
+    release_never_blocks: ClassVar[bool] = False
+
+    def acquire_nowait(self, permits: int, owner: Any, site: Any, mode: str, fair: bool) -> Lease | None:
+        """Grant at once if that needs neither waiting nor I/O; else None (the caller then uses the
+        blocking or async path, which re-checks). Lets async callers skip a coroutine when uncontended."""
+        return None
+
     @abc.abstractmethod
     async def acquire_async(
         self, permits: int, timeout: float | None, blocking: bool, owner: Any, site: Any, mode: str,
@@ -145,6 +153,11 @@ class Channel(abc.ABC):
 
     async def release_async(self, lease: Lease, permits: int) -> None:
         self.release(lease, permits)
+
+    def is_current(self, lease: Lease) -> bool:
+        """False if the backend knows the grant is gone although the Lease was not told (e.g. its
+        owner thread ended and the grant was reclaimed)."""
+        return True
 
     def try_release_abandoned(self, lease: Lease) -> bool:
         """Release an abandoned lease now if that needs neither I/O nor waiting; else return False and
@@ -209,6 +222,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def status(self, name: str | None = None) -> list[Statistics]:
         """Snapshots of every known primitive (or one)."""
+
+    def owner_ended(self, owner: Any) -> None:  # noqa: B027 - optional hook
+        """A thread of this process ended: return the owned grants (lock, write/read lock leases) it
+        still holds, marking the next grant ``previous_owner_died``. Called from the reaper thread."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release backend resources (connections, helper threads)."""

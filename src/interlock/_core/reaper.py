@@ -13,25 +13,32 @@ import os
 import queue
 import threading
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .._lease import Lease
 
-_queue: queue.SimpleQueue[Lease | None] = queue.SimpleQueue()
+_queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
 _thread: threading.Thread | None = None
 _start_lock = threading.Lock()
 
 
 def _run() -> None:
     while True:
-        lease = _queue.get()
-        if lease is None:
+        item = _queue.get()
+        if item is None:
             return
         try:
+            if isinstance(item, tuple):  # ("owner", owner): a thread ended
+                from .. import _registry
+
+                for backend in _registry.live_backends():
+                    backend.owner_ended(item[1])
+                continue
+            lease = item
             lease._channel.release(lease, lease.permits, abandoned=True)
         except Exception as exc:  # the backend reports its own failures; never kill the reaper
-            warnings.warn(f"interlock: could not return abandoned {lease!r}: {exc!r}", RuntimeWarning,
+            warnings.warn(f"interlock: could not return abandoned {item!r}: {exc!r}", RuntimeWarning,
                           stacklevel=1)
 
 
@@ -67,6 +74,12 @@ def abandon(lease: Lease, why: str) -> None:
     _queue.put(lease)
 
 
+def owner_ended(owner: Any) -> None:
+    """A thread ended: reclaim the owned grants it still holds (from the reaper thread). Never blocks."""
+    _ensure_thread()
+    _queue.put(("owner", owner))
+
+
 def drain(timeout: float = 5.0) -> None:
     """Wait until every queued abandoned lease has been returned (used by tests)."""
     done = threading.Event()
@@ -74,11 +87,11 @@ def drain(timeout: float = 5.0) -> None:
     class _Marker:
         permits = 0
 
-        class _channel:  # noqa: N801 - mimics Lease's attribute
+        class _channel:
             @staticmethod
             def release(_lease: object, _permits: int, abandoned: bool = True) -> None:
                 done.set()
 
     _ensure_thread()
-    _queue.put(_Marker())  # type: ignore[arg-type]
+    _queue.put(_Marker())
     done.wait(timeout)

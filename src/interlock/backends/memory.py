@@ -23,7 +23,7 @@ from collections import deque
 from typing import Any
 
 from .._core import deadlock
-from .._core.owner import ThreadOwner, owner_label
+from .._core.owner import owner_label
 from .._core.waiter import CANCELLED, GRANTED, WAITING, TaskWaiter, ThreadWaiter, Waiter, pop_grantable
 from .._errors import AcquireTimeout, BlockingCallInEventLoop, InvalidArgument, OverRelease, WouldBlock
 from .._lease import Lease
@@ -74,23 +74,38 @@ class MemoryChannel(Channel):
         self.holders[token] = (owner, permits, lease.acquired_at, mode)
         return lease
 
-    def _track_owner(self, lease: Lease) -> None:
-        """Owned grants (locks, write locks) are tied to their owner's life."""
+    @staticmethod
+    def _track_task(lease: Lease) -> None:
+        """Owned grants (locks, RW locks) taken by a task end with the task: a done-callback returns
+        them. (Threads need no per-acquire work: see ``MemoryBackend.owner_ended``.)"""
         owner = lease.owner
-        if type(owner) is ThreadOwner:
-            owner.held[id(lease)] = lease
-        elif isinstance(owner, asyncio.Task):
+        if isinstance(owner, asyncio.Task):
             cb = _TaskDeath(lease)
             lease.backend_data = cb
             owner.add_done_callback(cb)
 
-    def _untrack_owner(self, lease: Lease) -> None:
-        owner = lease.owner
-        if type(owner) is ThreadOwner:
-            owner.held.pop(id(lease), None)
-        elif lease.backend_data is not None and isinstance(owner, asyncio.Task):
-            owner.remove_done_callback(lease.backend_data)
+    @staticmethod
+    def _untrack_task(lease: Lease) -> None:
+        cb = lease.backend_data
+        if cb is not None:
             lease.backend_data = None
+            lease.owner.remove_done_callback(cb)
+
+    def reclaim_owner(self, owner: Any) -> None:
+        """Return every grant held by ``owner`` (a thread that ended); the next grant learns of it."""
+        if not self._owned:
+            return
+        with self._mutex:
+            dead = [tok for tok, rec in self.holders.items() if rec[0] is owner]
+            for tok in dead:
+                rec = self.holders.pop(tok)
+                self.available += rec[1]
+                self._prev_died = True
+            if dead:
+                self._wake_granted()
+
+    def is_current(self, lease: Lease) -> bool:
+        return lease.token in self.holders
 
     def _wake_granted(self) -> None:
         """Grant every waiter that now fits. Caller holds _mutex."""
@@ -146,10 +161,37 @@ class MemoryChannel(Channel):
         finally:
             mutex.release()
         if lease is not None:
-            if self._owned and mode == "exclusive":
-                self._track_owner(lease)
             return lease
         return self._acquire_slow(permits, timeout, blocking, owner, site, mode)
+
+    release_never_blocks = True
+
+    def acquire_nowait(self, permits: int, owner: Any, site: Any, mode: str, fair: bool) -> Lease | None:
+        mutex = self._mutex
+        mutex.acquire()
+        try:
+            if self.available >= permits and (not self.waiters or not fair):
+                self.available -= permits
+                self._last_token = token = next(_tokens)
+                lease = _new_lease(Lease)
+                lease._channel = self
+                lease.token = token
+                lease.permits = permits
+                lease.owner = owner
+                lease._site = site
+                lease.mode = mode
+                lease.acquired_at = at = _monotonic()
+                if self._prev_died:
+                    lease.previous_owner_died = True
+                    self._prev_died = False
+                self.holders[token] = (owner, permits, at, mode)
+            else:
+                return None
+        finally:
+            mutex.release()
+        if self._owned:
+            self._track_task(lease)
+        return lease
 
     def _acquire_slow(self, permits: int, timeout: float | None, blocking: bool, owner: Any, site: Any,
                       mode: str) -> Lease:
@@ -158,10 +200,7 @@ class MemoryChannel(Channel):
         try:
             if self.available >= permits and not self.waiters:  # freed meanwhile
                 self.available -= permits
-                lease = self._grant_locked(permits, owner, site, mode)
-                if self._owned and mode == "exclusive":
-                    self._track_owner(lease)
-                return lease
+                return self._grant_locked(permits, owner, site, mode)
             self._doomed(permits)
             if not blocking or timeout == 0:
                 raise WouldBlock(
@@ -200,8 +239,6 @@ class MemoryChannel(Channel):
             )
         lease = w.lease
         assert lease is not None
-        if self._owned and lease.mode == "exclusive":
-            self._track_owner(lease)
         return lease
 
     def _cancel(self, w: Waiter) -> bool:
@@ -243,8 +280,8 @@ class MemoryChannel(Channel):
                     lease.previous_owner_died = True
                     self._prev_died = False
                 self.holders[token] = (owner, permits, at, mode)
-                if self._owned and mode == "exclusive":
-                    self._track_owner(lease)
+                if self._owned:
+                    self._track_task(lease)
                 return lease
             self._doomed(permits)
             if not blocking or timeout == 0:
@@ -285,8 +322,8 @@ class MemoryChannel(Channel):
             )
         lease = w.lease
         assert lease is not None
-        if self._owned and lease.mode == "exclusive":
-            self._track_owner(lease)
+        if self._owned:
+            self._track_task(lease)
         return lease
 
     def _expire_task_waiter(self, w: TaskWaiter) -> None:
@@ -317,8 +354,8 @@ class MemoryChannel(Channel):
                     self._wake_granted()
         finally:
             mutex.release()
-        if self._owned:
-            self._untrack_owner(lease)
+        if lease.backend_data is not None:
+            self._untrack_task(lease)
 
     def try_release_abandoned(self, lease: Lease) -> bool:
         # Called from finalizers: never wait for the mutex (this thread might hold it).
@@ -340,7 +377,6 @@ class MemoryChannel(Channel):
             lease.mode = "shared"
             self.available += give
             self._wake_granted()
-        self._untrack_owner(lease)
 
     def forget(self, lease: Lease) -> None:
         with self._mutex:
@@ -350,7 +386,7 @@ class MemoryChannel(Channel):
             elif rec is not None:
                 self.available += rec[1]  # bounded: forgetting would shrink capacity forever; refuse
                 self._wake_granted()
-        self._untrack_owner(lease)
+        self._untrack_task(lease)
 
     def signal(self, permits: int) -> None:
         with self._mutex:
@@ -428,6 +464,12 @@ class MemoryBackend(Backend):
             else:
                 ch.check_compatible(kind, capacity, bounded)
             return ch
+
+    def owner_ended(self, owner: Any) -> None:
+        with self._lock:
+            chans = list(self._channels.values())
+        for ch in chans:
+            ch.reclaim_owner(owner)
 
     def status(self, name: str | None = None) -> list[Statistics]:
         with self._lock:

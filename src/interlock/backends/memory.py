@@ -16,6 +16,7 @@ from __future__ import annotations
 import _thread
 import asyncio
 import itertools
+import os
 import threading
 import time
 import weakref
@@ -443,14 +444,49 @@ class _TaskDeath:
             _on_task_done(lease, task)
 
 
+_backends: weakref.WeakSet[MemoryBackend] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """The child has one thread: the one that forked. Waiters of other threads and tasks of event loops
+    will never run there; grants of other threads can never be released. Reset the mutexes (they may have
+    been held by a thread that does not exist in the child) and reclaim what belonged to vanished owners,
+    so the child's copy of the namespace stays usable."""
+    me = _thread_owner_or_none()
+    for backend in list(_backends):
+        backend._lock = threading.Lock()
+        for ch in list(backend._channels.values()):
+            ch._mutex = _thread.allocate_lock()
+            for w in ch.waiters:
+                w.state = CANCELLED
+            ch.waiters.clear()
+            for tok, rec in list(ch.holders.items()):
+                if rec[0] is not me:
+                    del ch.holders[tok]
+                    ch.available += rec[1]
+                    ch._prev_died = True
+
+
+def _thread_owner_or_none() -> Any:
+    from .._core.owner import _tls
+
+    return getattr(_tls, "owner", None)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class MemoryBackend(Backend):
     """In-process namespace. ``memory://`` is shared by the whole process; ``memory://label`` is a
-    separate namespace per label."""
+    separate namespace per label. After ``fork()`` the child keeps a copy of the namespace in which
+    only the forking thread's grants survive."""
 
     schemes = ("memory",)
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
+        _backends.add(self)
         self._lock = threading.Lock()
         # Weak: a name's state lives as long as some object or lease refers to it.
         self._channels: weakref.WeakValueDictionary[str, MemoryChannel] = weakref.WeakValueDictionary()

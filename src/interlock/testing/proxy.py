@@ -39,7 +39,7 @@ import struct
 import threading
 import urllib.parse
 from collections.abc import Coroutine
-from typing import Any, Literal, Protocol, TypeVar, Union, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 __all__ = ["Direction", "FaultProxy", "HasAddress", "HasUrl"]
 
@@ -108,9 +108,7 @@ class _Conn:
                 sock = writer.get_extra_info("socket")
                 if sock is not None:
                     with contextlib.suppress(OSError):
-                        sock.setsockopt(
-                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-                        )
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 writer.transport.abort()
             else:
                 writer.close()
@@ -134,7 +132,7 @@ class _FaultHandle:
         self._proxy.heal()
 
 
-Upstream = Union[tuple[str, int], HasAddress]
+Upstream = tuple[str, int] | HasAddress
 
 
 class FaultProxy:
@@ -176,7 +174,7 @@ class FaultProxy:
         return src.address
 
     def __repr__(self) -> str:
-        up = "%s:%s" % self.upstream if isinstance(self._upstream_src, tuple) else "server"
+        up = "{}:{}".format(*self.upstream) if isinstance(self._upstream_src, tuple) else "server"
         return f"<FaultProxy 127.0.0.1:{self._port} -> {up} mode={self.mode}>"
 
     def __enter__(self) -> FaultProxy:
@@ -210,9 +208,7 @@ class FaultProxy:
 
     async def _astart(self) -> None:
         self._lanes = {"up": _Lane("up"), "down": _Lane("down")}
-        self._server = await asyncio.start_server(
-            self._handle, self.listen_host, self._listen_port, reuse_address=True
-        )
+        self._server = await asyncio.start_server(self._handle, self.listen_host, self._listen_port, reuse_address=True)
         self._port = self._server.sockets[0].getsockname()[1]
 
     def close(self) -> None:
@@ -233,6 +229,12 @@ class FaultProxy:
             self._server.close()
         for conn in list(self._conns):
             conn.close(rst=True)
+        # Every task of this private loop belongs to the proxy: finish them before the loop stops.
+        current = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
@@ -271,9 +273,7 @@ class FaultProxy:
         userinfo = ""
         if "@" in parts.netloc:
             userinfo = parts.netloc.rsplit("@", 1)[0] + "@"
-        return urllib.parse.urlunsplit(
-            parts._replace(netloc=f"{userinfo}{self.listen_host}:{self.port}")
-        )
+        return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}{self.listen_host}:{self.port}"))
 
     # -- state -------------------------------------------------------------------------
 
@@ -376,9 +376,7 @@ class FaultProxy:
             return
         host, port = self.upstream
         try:
-            ureader, uwriter = await asyncio.wait_for(
-                asyncio.open_connection(host, port), self.connect_timeout
-            )
+            ureader, uwriter = await asyncio.wait_for(asyncio.open_connection(host, port), self.connect_timeout)
         except (OSError, asyncio.TimeoutError):
             cwriter.transport.abort()
             return
@@ -416,7 +414,7 @@ class FaultProxy:
             queue.put_nowait((loop.time() + lane.delay, None))
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - any failure closes this connection
+        except Exception:
             conn.close(rst=True)
 
     async def _write(
@@ -445,5 +443,5 @@ class FaultProxy:
                 lane.bytes += len(data)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001
+        except Exception:
             conn.close(rst=True)

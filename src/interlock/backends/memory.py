@@ -221,18 +221,23 @@ class MemoryChannel(Channel):
 
     def _wait_thread(self, w: ThreadWaiter, timeout: float | None) -> Lease:
         owner = w.owner
-        try:
-            deadlock.enter_wait(owner, self)
-        except BaseException:
-            self._cancel(w)
-            raise
+        # Waits on semaphores never take part in a hopeless cycle (deadlock.py), so only owned
+        # primitives pay for the wait-for graph.
+        track = self._owned
+        if track:
+            try:
+                deadlock.enter_wait(owner, self)
+            except BaseException:
+                self._cancel(w)
+                raise
         try:
             got = w.wait(timeout)
         except BaseException:  # KeyboardInterrupt or another async exception while blocked
             self._withdraw(w)
             raise
         finally:
-            deadlock.leave_wait(owner)
+            if track:
+                deadlock.leave_wait(owner)
         if not got and self._cancel(w):
             raise AcquireTimeout(
                 f"timed out after {timeout}s waiting for {w.permits} permit(s) of {self.describe()}",
@@ -299,11 +304,13 @@ class MemoryChannel(Channel):
     async def _wait_task(self, w: TaskWaiter, timeout: float | None, loop: asyncio.AbstractEventLoop) -> Lease:
         owner = w.owner
         timer = None
-        try:
-            deadlock.enter_wait(owner, self)
-        except BaseException:
-            self._cancel(w)
-            raise
+        track = self._owned
+        if track:
+            try:
+                deadlock.enter_wait(owner, self)
+            except BaseException:
+                self._cancel(w)
+                raise
         try:
             if timeout is not None:
                 timer = loop.call_later(timeout, self._expire_task_waiter, w)
@@ -313,7 +320,8 @@ class MemoryChannel(Channel):
             self._withdraw(w)
             raise
         finally:
-            deadlock.leave_wait(owner)
+            if track:
+                deadlock.leave_wait(owner)
             if timer is not None:
                 timer.cancel()
         if w.state != GRANTED:

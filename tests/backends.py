@@ -24,3 +24,34 @@ def memory_backend(tmp_path_factory: Any) -> Iterator[str]:
 BACKENDS: dict[str, Callable[[Any], contextlib.AbstractContextManager[str]]] = {
     "memory": memory_backend,
 }
+
+
+# -- redis:// (one redis-server per test session, started on first use; a fresh key prefix per use) --
+_redis_servers: dict[str, Any] = {}
+
+
+def _redis_server(kind: str) -> Any:
+    srv = _redis_servers.get(kind)
+    if srv is None or not srv.running:
+        import atexit
+
+        from interlock.testing.servers import RedisServer
+
+        srv = RedisServer.valkey() if kind == "valkey" else RedisServer()
+        srv.start()
+        atexit.register(srv.stop)  # stops only the server this process started
+        _redis_servers[kind] = srv
+    return srv
+
+
+@contextlib.contextmanager
+def redis_backend(tmp_path_factory: Any) -> Iterator[str]:
+    import pytest
+
+    pytest.importorskip("redis", minversion="5")
+    srv = _redis_server("redis")
+    # ttl=5: holder-death and lease tests finish quickly; the key prefix isolates each test.
+    yield f"{srv.url}?prefix=contract-{next(_ns)}:&ttl=5"
+
+
+BACKENDS["redis"] = redis_backend

@@ -1,0 +1,1117 @@
+"""The ``redis://`` backend: leased, fenced, fair (FIFO) primitives shared by many hosts.
+
+Design (see ``docs/redis-backend.md`` for the guarantees):
+
+* **One script per state change.** ``lua/prelude.lua`` + an operation body: expired leases are
+  purged, the head waiter(s) granted (strict FIFO, weighted) and woken by ``PUBLISH`` inside the
+  same script. Expiry uses the server's clock (``TIME``); clients never send timestamps.
+* **Push wake-ups, one subscription per process.** Every process subscribes to one channel
+  (``<prefix>c:<sid>``) before its first wait; a grant is delivered as ``"<id> <token> <died>"``.
+  A waiter's only timed wake-up is the earliest lease expiry the server reported: the process's
+  maintenance thread then re-reads the state once per primitive (``poll``), which purges a dead
+  holder and grants the next waiter. Lost messages (a reconnect) cost latency, never a grant.
+* **Leases.** Every holder and every queued waiter has an expiry (server time) renewed by ONE
+  maintenance thread per process, one pipelined round trip for all primitives every ``ttl/3``.
+  A Lease's conservative deadline is ``send time of the last successful acquire/renewal + ttl -
+  margin`` on the monotonic clock; at that deadline it is marked lost (``on_lost`` callbacks run).
+* **Request ids** make every script idempotent, so a reply lost to a dropped connection is retried
+  without leaking or doubling a grant.
+
+Sync and async share one sans-I/O protocol per operation (generators yielding ``_Call``/``_Wait``);
+``_run`` drives them on a thread, ``_run_async`` on an event loop (Redis I/O in a bounded pool of
+I/O threads, so any number of event loops share the same connections).
+"""
+
+from __future__ import annotations
+
+import _thread
+import asyncio
+import atexit
+import concurrent.futures
+import itertools
+import os
+import socket
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Generator
+from typing import Any
+from urllib.parse import quote, unquote
+
+from ..._core import deadlock
+from ..._core.owner import owner_label
+from ..._errors import (
+    AcquireTimeout,
+    BackendError,
+    BlockingCallInEventLoop,
+    CapacityMismatch,
+    InvalidArgument,
+    LeaseLost,
+    OverRelease,
+    WouldBlock,
+)
+from ..._lease import HELD, LOST, Lease
+from ..._spi import Backend, Channel, HolderInfo, Statistics, WaiterInfo
+from . import _scripts as S
+from ._config import RedisOptions, parse_options
+from ._transport import ClusterTransport, StandaloneTransport, Target, Transient
+
+_monotonic = time.monotonic
+_get_running_loop = asyncio._get_running_loop
+
+WAITING, GRANTED, CANCELLED = 0, 1, 2
+_MODE = {"exclusive": "x", "shared": "s", "permits": "p"}
+_MODE_NAME = {"x": "exclusive", "s": "shared", "p": "permits"}
+_SLACK = 0.005  # poll a little after the reported expiry so the server sees it expired
+_BACKOFF = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+
+
+# --------------------------------------------------------------------------------------------------
+# protocol operations
+
+
+class _Call:
+    """Run one script (retrying transient failures with the same request id until ``until``)."""
+
+    __slots__ = ("args", "future", "retried", "script", "target", "until", "wait")
+
+    def __init__(self, script: S.Script, target: Target, args: tuple[str | bytes | int, ...],
+                 until: float | None, wait: bool = False) -> None:
+        self.script = script
+        self.target = target
+        self.args = args
+        self.until = until
+        self.wait = wait  # follow with WAIT <replicas> on the same connection
+        self.retried = False
+        self.future: concurrent.futures.Future[Any] | None = None
+
+
+class _Cell:
+    """A queued request of this process. ``state`` changes only under the backend mutex; the grant
+    (``token``, ``died``) is delivered by the subscriber thread or the maintenance thread."""
+
+    __slots__ = ("args", "channel", "confirmed", "died", "fut", "id", "lock", "loop", "state", "token")
+
+    def __init__(self, channel: RedisChannel, rid: str, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.channel = channel
+        self.id = rid
+        self.state = WAITING
+        self.token = 0
+        self.died = False
+        self.confirmed = 0.0  # monotonic send time of the last acquire/renewal the server confirmed
+        self.loop = loop
+        self.args: tuple[str | bytes | int, ...] = ()  # the ACQUIRE arguments (to queue it again)
+        if loop is None:
+            self.lock: Any = _thread.allocate_lock()
+            self.lock.acquire()
+            self.fut: asyncio.Future[None] | None = None
+        else:
+            self.lock = None
+            self.fut = loop.create_future()
+
+    def wake(self) -> None:
+        if self.loop is None:
+            self.lock.release()
+        else:
+            try:
+                self.loop.call_soon_threadsafe(_resolve, self.fut)
+            except RuntimeError:  # loop closed: the waiter is gone; its cancel cleans up
+                pass
+
+
+class _Wait:
+    __slots__ = ("cell", "until")
+
+    def __init__(self, cell: _Cell, until: float | None) -> None:
+        self.cell = cell
+        self.until = until
+
+
+def _resolve(fut: asyncio.Future[None] | None) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(None)
+
+
+_Proto = Generator[Any, Any, Any]
+
+
+# --------------------------------------------------------------------------------------------------
+# the channel
+
+
+class RedisChannel(Channel):
+    """One named primitive on one Redis backend, in this process."""
+
+    # Under backend._mx: _leases maps request id -> held Lease of this process (renewed by the
+    # maintenance thread); _cells maps request id -> queued request of this process.
+
+    def __init__(self, backend: RedisBackend, name: str, kind: str, capacity: int, bounded: bool) -> None:
+        super().__init__(backend, name, kind, capacity, bounded)
+        self.rb = backend
+        self.base = backend._key_base(name)
+        o = backend.opts
+        self.target = Target.make(
+            [self.base + s for s in (":m", ":h", ":q", ":w", ":x")],
+            [o.prefix + "c:", kind, str(capacity), "1" if bounded else "0",
+             str(int(o.idle_expiry * 1000))],
+        )
+        self._leases: dict[str, Lease] = {}
+        self._cells: dict[str, _Cell] = {}
+        self._poll_at: float | None = None
+        self._owned = kind != "semaphore"
+
+    # -- acquire -----------------------------------------------------------------------------------
+    def acquire(self, permits: int, timeout: float | None, blocking: bool, owner: Any, site: Any, mode: str,
+                fair: bool = True) -> Lease:
+        on_loop = _get_running_loop() is not None
+        lease: Lease = self.rb._run(self._acquire(permits, timeout, blocking, owner, site, mode, fair, on_loop, None))
+        return lease
+
+    async def acquire_async(self, permits: int, timeout: float | None, blocking: bool, owner: Any, site: Any,
+                            mode: str, fair: bool = True) -> Lease:
+        loop = asyncio.get_running_loop()
+        lease: Lease = await self.rb._run_async(
+            self._acquire(permits, timeout, blocking, owner, site, mode, fair, False, loop)
+        )
+        return lease
+
+    def _acquire(self, permits: int, timeout: float | None, blocking: bool, owner: Any, site: Any, mode: str,
+                 fair: bool, on_loop_thread: bool, loop: asyncio.AbstractEventLoop | None) -> _Proto:
+        b = self.rb
+        if self.bounded and permits > self.capacity:
+            raise InvalidArgument(
+                f"cannot acquire {permits} permits of {self.describe()}: its capacity is {self.capacity}; "
+                "ask for at most the capacity", name=self.name, permits=permits, capacity=self.capacity,
+            )
+        now = _monotonic()
+        deadline = None if timeout is None else now + timeout
+        may_wait = blocking and timeout != 0 and not on_loop_thread
+        rid = b._new_id()
+        cell: _Cell | None = None
+        if may_wait:
+            b._ensure_subscribed()
+            cell = _Cell(self, rid, loop)
+            b._register(cell)  # before sending: the grant message may overtake the reply
+        args = (rid, b.sid, permits, _MODE[mode], ("b" if may_wait else "") + ("f" if fair else ""),
+                b.ttl_ms, b._info(owner))
+        if cell is not None:
+            cell.args = args
+        call = _Call(S.ACQUIRE, self.target, args, deadline if deadline is not None else now + b.opts.ttl)
+        sent = _monotonic()
+        try:
+            r = yield call
+        except BaseException:
+            # Outcome unknown (unreachable server, interrupt): withdraw whatever the server did with
+            # this id, after the in-flight call (if any) has finished.
+            if cell is not None:
+                b._withdraw(cell)
+            b._defer_cancel(self, rid, call.future)
+            raise
+        status = r[0]
+        if status == 1:
+            if cell is not None:
+                b._withdraw(cell)
+            return (yield from self._granted(rid, int(r[1]), bool(r[2]), sent, permits, owner, site, mode))
+        if status == 2:
+            if blocking and timeout != 0 and on_loop_thread:
+                raise BlockingCallInEventLoop(
+                    f"blocking acquire of {self.describe()} on a thread whose event loop is running would "
+                    "deadlock it; use 'async with' or 'await acquire_async()' instead", name=self.name,
+                )
+            raise WouldBlock(f"{self.describe()} cannot grant {permits} permit(s) now", name=self.name,
+                             permits=permits)
+        if status == -1:
+            if cell is not None:
+                b._withdraw(cell)
+            raise self._mismatch(r)
+        assert cell is not None
+        cell.confirmed = sent
+        b._schedule_poll(self, int(r[1]))
+        try:
+            deadlock.enter_wait(owner, self)
+        except BaseException:
+            b._withdraw(cell)
+            yield _Call(S.CANCEL, self.target, (rid, "r"), _monotonic() + b.opts.ttl)
+            raise
+        try:
+            got = yield _Wait(cell, deadline)
+        except BaseException:
+            b._withdraw(cell)
+            b._defer_cancel(self, rid, None)  # releases a grant that raced with the interrupt
+            raise
+        finally:
+            deadlock.leave_wait(owner)
+        if not got and b._withdraw(cell):
+            r = yield _Call(S.CANCEL, self.target, (rid, "k"), _monotonic() + b.opts.ttl)
+            if r[0] == 2:  # granted just before the cancel arrived: keep it
+                return (yield from self._granted(rid, int(r[1]), bool(r[2]), cell.confirmed, permits, owner,
+                                                 site, mode))
+            raise AcquireTimeout(
+                f"timed out after {timeout}s waiting for {permits} permit(s) of {self.describe()}",
+                name=self.name, permits=permits, timeout=timeout,
+            )
+        return (yield from self._granted(rid, cell.token, cell.died, cell.confirmed, permits, owner, site, mode))
+
+    def _granted(self, rid: str, token: int, died: bool, confirmed: float, permits: int, owner: Any, site: Any,
+                 mode: str) -> _Proto:
+        b = self.rb
+        if b.opts.wait_replicas:
+            # Make the grant durable on replicas before anyone relies on it: a write of ours (renew)
+            # followed by WAIT covers every earlier write, including the grant.
+            sent = _monotonic()
+            missing, acked = yield _Call(S.RENEW, self.target, (b.ttl_ms, rid), sent + b.opts.ttl, wait=True)
+            if missing or acked < b.opts.wait_replicas:
+                yield _Call(S.CANCEL, self.target, (rid, "r"), _monotonic() + b.opts.ttl)
+                raise BackendError(
+                    f"the grant of {self.describe()} reached {acked} of {b.opts.wait_replicas} replica(s) "
+                    f"within {b.opts.wait_timeout}s (wait_replicas); it was given back",
+                    name=self.name, url=b.display_url,
+                )
+            confirmed = sent
+        lease = Lease(self, token, permits, owner, site, mode, died)
+        lease.backend_data = rid
+        lease._deadline = confirmed + b.lease_span
+        b._add_lease(self, rid, lease)
+        if self._owned:
+            _track_owner(lease)
+        return lease
+
+    def _mismatch(self, r: list[Any]) -> CapacityMismatch:
+        kind = r[1].decode() if isinstance(r[1], bytes) else str(r[1])
+        cap = int(r[2])
+        bounded = r[3] in (b"1", "1")
+        return CapacityMismatch(
+            f"{self.describe()} on {self.backend.display_url} already exists as a {kind} with capacity {cap}, "
+            f"bounded={bounded}; this object asks for a {self.kind} with capacity {self.capacity}, "
+            f"bounded={self.bounded}. Use one definition per name (or another name).",
+            name=self.name, kind=kind, capacity=cap,
+        )
+
+    # -- release -----------------------------------------------------------------------------------
+    def release(self, lease: Lease, permits: int, abandoned: bool = False) -> None:
+        self.rb._run(self._release(lease, permits, "r", abandoned))
+
+    async def release_async(self, lease: Lease, permits: int) -> None:
+        await self.rb._run_async(self._release(lease, permits, "r", False))
+
+    def downgrade(self, lease: Lease) -> None:
+        self.rb._run(self._release(lease, lease.permits - 1, "d", False))
+
+    async def downgrade_async(self, lease: Lease) -> None:
+        await self.rb._run_async(self._release(lease, lease.permits - 1, "d", False))
+
+    def forget(self, lease: Lease) -> None:
+        self.rb._run(self._release(lease, lease.permits, "f", False))
+
+    def _release(self, lease: Lease, permits: int, op: str, abandoned: bool) -> _Proto:
+        b = self.rb
+        rid = lease.backend_data
+        partial = op == "d" or permits < lease.permits
+        if not partial:
+            b._drop_lease(self, rid)
+        now = _monotonic()
+        expired = lease._deadline is not None and now >= lease._deadline
+        until = max(lease._deadline or now, now + 1.0)
+        call = _Call(S.RELEASE, self.target, (rid, op, 0 if op == "d" or not partial else permits,
+                                              "1" if abandoned else "0"), until)
+        try:
+            r = yield call
+        except (BackendError, Transient) as exc:
+            if abandoned:
+                raise
+            self._lose(lease, f"the release could not reach the server ({exc}); the lease expires by itself")
+            raise LeaseLost(
+                f"lease on {self.describe()} (token {lease.token}) could not be released: {exc}; it "
+                "expires on the server within its TTL", name=self.name, token=lease.token,
+            ) from None
+        if not partial and self._owned:
+            _untrack_owner(lease)
+        if op == "d":
+            lease.permits = 1
+            lease.mode = "shared"
+        elif partial:
+            lease.permits -= permits
+        if abandoned:
+            return None
+        if r[0] == 0 and not (call.retried and not expired):
+            b._drop_lease(self, rid)
+            self._lose(lease, "the server no longer had it (it expired, or the server lost its state)")
+            lease.ensure_held()
+        if expired:
+            self._lose(lease, "its deadline passed before it was released")
+            lease.ensure_held()
+        return None
+
+    def _lose(self, lease: Lease, reason: str) -> None:
+        if lease._state == HELD:
+            lease._set_lost(reason)
+        elif lease._state != LOST:  # released by the caller already: record why it was lost
+            lease._state = LOST
+            lease._lost_reason = reason
+
+    def try_release_abandoned(self, lease: Lease) -> bool:
+        return False  # needs I/O: the reaper thread releases it
+
+    def is_current(self, lease: Lease) -> bool:
+        return lease.backend_data in self._leases
+
+    def reclaim_owner(self, owner: Any) -> None:
+        """Return the grants still held by ``owner`` (a thread that ended), marked abandoned."""
+        if not self._owned:
+            return
+        for lease in [le for le in list(self._leases.values()) if le.owner is owner]:
+            if lease._mark_abandoned(f"its owner {owner_label(owner)} ended while holding it"):
+                try:
+                    self.release(lease, lease.permits, abandoned=True)
+                except Exception:
+                    pass  # unreachable server: the grant expires within its TTL
+
+    # -- signalling --------------------------------------------------------------------------------
+    def signal(self, permits: int) -> None:
+        self.rb._run(self._signal(permits))
+
+    async def signal_async(self, permits: int) -> None:
+        await self.rb._run_async(self._signal(permits))
+
+    def _signal(self, permits: int) -> _Proto:
+        if self.bounded:
+            raise OverRelease(
+                f"{self.describe()} is bounded: release() without holding a permit would exceed its "
+                f"capacity {self.capacity}; release the Lease from acquire(), or create the semaphore "
+                "with bounded=False for signalling", name=self.name, capacity=self.capacity,
+            )
+        b = self.rb
+        rid = b._new_id()
+        target = Target.make([*self.target.keys, f"{self.base}:sig:{rid}"], self.target.const)
+        yield _Call(S.SIGNAL, target, (permits, 600_000), _monotonic() + b.opts.ttl)
+
+    # -- inspection --------------------------------------------------------------------------------
+    def statistics(self) -> Statistics:
+        s = self.rb._statistics(self.name, self.target)
+        if s is None:
+            return Statistics(self.name, self.kind, self.capacity, self.capacity if self.bounded else 0, (), (),
+                              self.bounded, None, self.backend.display_url)
+        return s
+
+    def local_holder_owners(self) -> list[Any]:
+        return [lease.owner for lease in list(self._leases.values()) if lease._state == HELD]
+
+    def has_remote_holders(self) -> bool:
+        # An exclusive grant held here excludes every other holder: then the wait-for graph of this
+        # process is complete for this primitive and self-deadlocks can be reported.
+        return not any(lease.mode == "exclusive" and lease._state == HELD for lease in list(self._leases.values()))
+
+    def locked(self) -> bool:
+        s = self.statistics()
+        return s.available < 1 or bool(s.waiters)
+
+
+# --------------------------------------------------------------------------------------------------
+# owner tracking for locks and RW locks: a task that ends while holding one abandons it (threads are
+# handled by Backend.owner_ended, called by the reaper when a thread ends)
+
+
+class _TaskDeath:
+    __slots__ = ("ref",)
+
+    def __init__(self, lease: Lease) -> None:
+        self.ref = weakref.ref(lease)
+
+    def __call__(self, task: asyncio.Task[Any]) -> None:
+        lease = self.ref()
+        if lease is not None and lease._state == HELD:
+            from ..._core import reaper
+
+            reaper.abandon(lease, f"its owner task {task.get_name()!r} ended while holding it")
+
+
+_task_callbacks: weakref.WeakKeyDictionary[Lease, _TaskDeath] = weakref.WeakKeyDictionary()
+
+
+def _track_owner(lease: Lease) -> None:
+    owner = lease.owner
+    if isinstance(owner, asyncio.Task):
+        cb = _TaskDeath(lease)
+        _task_callbacks[lease] = cb
+        owner.add_done_callback(cb)
+
+
+def _untrack_owner(lease: Lease) -> None:
+    cb = _task_callbacks.pop(lease, None)
+    if cb is not None:
+        lease.owner.remove_done_callback(cb)
+
+
+# --------------------------------------------------------------------------------------------------
+# the backend
+
+_backends: weakref.WeakSet[RedisBackend] = weakref.WeakSet()
+_HOST = socket.gethostname()[:64]
+
+
+def _clean(text: str) -> str:
+    return text.replace("\t", " ").replace("\n", " ").replace("\r", " ")[:120]
+
+
+class RedisBackend(Backend):
+    """Primitives shared through one Redis server, Valkey, or Redis Cluster.
+
+    URL: ``redis://[[user]:password@]host[:port][/db][?options]``, ``rediss://`` (TLS; redis-py's
+    ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs`` in the query) or
+    ``unix:///path/redis.sock?db=0``. interlock's options (query):
+
+    * ``prefix`` (default ``interlock:``): every key and channel starts with it (tenant isolation,
+      ACL key patterns ``~prefix*`` and channel patterns ``&prefix*``);
+    * ``ttl`` (seconds, default 10): lease length; leases are renewed every ``ttl/3`` and a dead
+      holder's permits return within ``ttl`` (plus one round trip);
+    * ``margin`` (default 5 % of ttl): a holder considers its lease lost this long before the server
+      can expire it;
+    * ``wait_replicas``/``wait_timeout``: make every grant wait until that many replicas have
+      acknowledged it (``WAIT``); fewer in time -> the grant is given back and BackendError raised;
+    * ``cluster=true``: Redis Cluster (any node's address); ``max_connections`` (default 16).
+
+    Or wrap an existing client: ``RedisBackend.from_client(redis.Redis(...), prefix=..., ttl=...)``.
+    """
+
+    schemes = ("redis", "rediss", "unix", "redis+unix")
+
+    def __init__(self, url: str, *, _client: Any = None) -> None:
+        super().__init__(url)
+        self.opts: RedisOptions = parse_options(url)
+        if self.opts.wait_replicas and self.opts.cluster:
+            raise InvalidArgument("wait_replicas is not supported with cluster=true", argument="wait_replicas")
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            from ..._errors import MissingDependency
+
+            raise MissingDependency(
+                "the redis:// backend needs redis-py; install it with: pip install 'interlock[redis]'",
+                extra="redis",
+            ) from None
+        self._client = _client
+        self.ttl_ms = int(self.opts.ttl * 1000)
+        self.lease_span = self.opts.ttl - self.opts.margin
+        self._chan_lock = threading.Lock()
+        self._channels: weakref.WeakValueDictionary[str, RedisChannel] = weakref.WeakValueDictionary()
+        self._start()
+        _backends.add(self)
+
+    @classmethod
+    def from_client(cls, client: Any, *, prefix: str | None = None, ttl: float | None = None,
+                    margin: float | None = None) -> RedisBackend:
+        """A backend over an existing ``redis.Redis`` or ``redis.cluster.RedisCluster`` client (its
+        connection settings are reused; interlock opens its own connections). Not cached by
+        ``interlock.connect``: pass it as ``backend=`` to ``Lock``/``Semaphore``/``RWLock``."""
+        from urllib.parse import urlencode
+
+        q: dict[str, str] = {}
+        if prefix is not None:
+            q["prefix"] = prefix
+        if ttl is not None:
+            q["ttl"] = repr(float(ttl))
+        if margin is not None:
+            q["margin"] = repr(float(margin))
+        from redis.cluster import RedisCluster
+
+        if isinstance(client, RedisCluster):
+            q["cluster"] = "1"
+        return cls("redis://client/" + ("?" + urlencode(q) if q else ""), _client=client)
+
+    # -- per-process runtime (recreated in a forked child) -----------------------------------------
+    def _start(self) -> None:
+        self.sid = os.urandom(8).hex()
+        self._ids = itertools.count(1)
+        self._mx = _thread.allocate_lock()
+        self._cells: dict[str, _Cell] = {}
+        self._active: set[RedisChannel] = set()
+        self._deferred: list[tuple[RedisChannel, str, concurrent.futures.Future[Any] | None]] = []
+        self._wake = threading.Event()
+        self._subscribed = threading.Event()
+        self._threads_started = False
+        self._stopping = False
+        self._transport: Any = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._proc_info = f"\t{_HOST}\t{os.getpid()}\t{_clean(os.path.basename(sys.argv[0] or 'python'))}"
+        self._sub_resets = 0
+        self._renewing = False
+        self._polling: set[RedisChannel] = set()
+
+    def _after_fork(self) -> None:
+        # Leases and waits of the parent are not the child's: mark the child's copies lost (the parent
+        # keeps renewing and releasing the real grants) and start afresh (new sid, new connections).
+        for ch in list(self._channels.values()):
+            for lease in ch._leases.values():
+                lease._state = LOST
+                lease._lost_reason = "it was inherited across fork(); the parent process owns it"
+            ch._leases.clear()
+            ch._cells.clear()
+            ch._poll_at = None
+        self._start()
+
+    @property
+    def transport(self) -> Any:
+        t = self._transport
+        if t is None:
+            with self._chan_lock:
+                if self._transport is None:
+                    self._transport = self._make_transport()
+                t = self._transport
+        return t
+
+    def _make_transport(self) -> Any:
+        c = self._client
+        if c is not None:
+            from redis.cluster import RedisCluster
+
+            if isinstance(c, RedisCluster):
+                return ClusterTransport(self.opts, client=c)
+            return StandaloneTransport(self.opts, pool=c.connection_pool)
+        if self.opts.cluster:
+            return ClusterTransport(self.opts)
+        return StandaloneTransport(self.opts)
+
+    def _new_id(self) -> str:
+        return f"{self.sid}.{next(self._ids):x}"
+
+    def _info(self, owner: Any) -> str:
+        return _clean(owner_label(owner)) + self._proc_info
+
+    def _key_base(self, name: str) -> str:
+        # Names are data: percent-encoding is injective and keeps '{', '}' and '%' out of the hash tag.
+        return f"{self.opts.prefix}{{{quote(name, safe='')}}}"
+
+    def owner_ended(self, owner: Any) -> None:
+        with self._chan_lock:
+            chans = list(self._channels.values())
+        for ch in chans:
+            ch.reclaim_owner(owner)
+
+    # -- channels ----------------------------------------------------------------------------------
+    def channel(self, name: str, kind: str, capacity: int, bounded: bool) -> RedisChannel:
+        with self._chan_lock:
+            ch = self._channels.get(name)
+            if ch is None:
+                ch = RedisChannel(self, name, kind, capacity, bounded)
+                self._channels[name] = ch
+            else:
+                ch.check_compatible(kind, capacity, bounded)
+            return ch
+
+    # -- drivers -----------------------------------------------------------------------------------
+    def _call(self, op: _Call) -> Any:
+        """Run a script, retrying transient failures (same request id) until ``op.until``."""
+        t = self.transport
+        attempt = 0
+        while True:
+            try:
+                if op.wait:
+                    return t.call_then_wait(op.script, op.target, op.args, self.opts.wait_replicas,
+                                            self.opts.wait_timeout)
+                return t.call(op.script, op.target, op.args)
+            except Transient as exc:
+                now = _monotonic()
+                if op.until is not None and now >= op.until:
+                    raise BackendError(
+                        f"{self.display_url} did not answer ({exc}); gave up after {attempt + 1} attempt(s)",
+                        url=self.display_url,
+                    ) from None
+                delay = _BACKOFF[min(attempt, len(_BACKOFF) - 1)]
+                if op.until is not None:
+                    delay = min(delay, max(0.0, op.until - now))
+                if delay:
+                    time.sleep(delay)
+                attempt += 1
+                op.retried = True
+
+    def _run(self, gen: _Proto) -> Any:
+        send: Any = None
+        exc: BaseException | None = None
+        while True:
+            try:
+                op = gen.send(send) if exc is None else gen.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+            send = exc = None
+            try:
+                if type(op) is _Call:
+                    send = self._call(op)
+                else:
+                    cell = op.cell
+                    until = op.until
+                    if until is None:
+                        send = cell.lock.acquire()
+                    else:
+                        send = cell.lock.acquire(True, max(0.0, until - _monotonic()))
+            except BaseException as e:
+                exc = e
+
+    async def _run_async(self, gen: _Proto) -> Any:
+        loop = asyncio.get_running_loop()
+        send: Any = None
+        exc: BaseException | None = None
+        while True:
+            try:
+                op = gen.send(send) if exc is None else gen.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+            send = exc = None
+            try:
+                if type(op) is _Call:
+                    fut = self._io().submit(self._call, op)
+                    op.future = fut
+                    send = await asyncio.wrap_future(fut, loop=loop)
+                else:
+                    f = op.cell.fut
+                    assert f is not None
+                    if op.until is None:
+                        await asyncio.shield(f)
+                    else:
+                        await asyncio.wait((f,), timeout=max(0.0, op.until - _monotonic()))
+                    send = f.done()
+            except BaseException as e:
+                exc = e
+
+    def _io(self) -> concurrent.futures.ThreadPoolExecutor:
+        ex = self._executor
+        if ex is None:
+            with self._chan_lock:
+                if self._executor is None:
+                    self._executor = concurrent.futures.ThreadPoolExecutor(
+                        self.opts.max_connections, thread_name_prefix="interlock-redis-io"
+                    )
+                ex = self._executor
+        return ex
+
+    # -- waiters -----------------------------------------------------------------------------------
+    def _register(self, cell: _Cell) -> None:
+        ch = cell.channel
+        with self._mx:
+            self._cells[cell.id] = cell
+            ch._cells[cell.id] = cell
+            fresh = not self._active
+            self._active.add(ch)
+        if fresh:
+            self._ensure_threads()
+            self._wake.set()
+
+    def _withdraw(self, cell: _Cell) -> bool:
+        """Stop waiting. True if the cell was still waiting (no grant was delivered to it)."""
+        with self._mx:
+            self._cells.pop(cell.id, None)
+            cell.channel._cells.pop(cell.id, None)
+            if cell.state == WAITING:
+                cell.state = CANCELLED
+                return True
+            return False
+
+    def _deliver(self, rid: str, token: int, died: bool) -> None:
+        with self._mx:
+            cell = self._cells.pop(rid, None)
+            if cell is None or cell.state != WAITING:
+                return
+            cell.channel._cells.pop(rid, None)
+            cell.state = GRANTED
+            cell.token = token
+            cell.died = died
+        cell.wake()
+
+    def _schedule_poll(self, ch: RedisChannel, next_ms: int) -> None:
+        if next_ms < 0:
+            return
+        at = _monotonic() + next_ms / 1000.0 + _SLACK
+        with self._mx:
+            if ch._poll_at is None or at < ch._poll_at:
+                ch._poll_at = at
+                wake = True
+            else:
+                wake = False
+        if wake:
+            self._wake.set()
+
+    def _defer_cancel(self, ch: RedisChannel, rid: str, after: concurrent.futures.Future[Any] | None) -> None:
+        """Withdraw request ``rid`` on the server in the background (after ``after`` completes)."""
+        if after is not None and not after.done():
+            after.add_done_callback(lambda _f: self._defer_cancel(ch, rid, None))
+            return
+        with self._mx:
+            self._deferred.append((ch, rid, None))
+        self._ensure_threads()
+        self._wake.set()
+
+    # -- leases ------------------------------------------------------------------------------------
+    def _add_lease(self, ch: RedisChannel, rid: str, lease: Lease) -> None:
+        with self._mx:
+            ch._leases[rid] = lease
+            fresh = not self._active
+            self._active.add(ch)
+        if fresh or not self._threads_started:
+            self._ensure_threads()
+            self._wake.set()
+
+    def _drop_lease(self, ch: RedisChannel, rid: str) -> None:
+        with self._mx:
+            ch._leases.pop(rid, None)
+
+    # -- background threads ------------------------------------------------------------------------
+    def _ensure_threads(self) -> None:
+        if self._threads_started:
+            return
+        with self._chan_lock:
+            if self._threads_started:
+                return
+            self._threads_started = True
+            pid = os.getpid()
+            threading.Thread(target=self._maintain, args=(pid,), name="interlock-redis-renewer",
+                             daemon=True).start()
+            threading.Thread(target=self._subscribe_loop, args=(pid,), name="interlock-redis-subscriber",
+                             daemon=True).start()
+
+    def _ensure_subscribed(self) -> None:
+        if self._subscribed.is_set():
+            return
+        self._ensure_threads()
+        # Waiting without a subscription is still correct (polls at lease expiries), only slower.
+        self._subscribed.wait(min(max(self.opts.ttl / 3.0, 0.2), 10.0))
+
+    def _subscribe_loop(self, pid: int) -> None:
+        channel = (self.opts.prefix + "c:" + self.sid).encode()
+        delay = 0.0
+        interval = max(self.opts.renew_interval, 0.05)
+        while not self._stopping and os.getpid() == pid:
+            conn = None
+            try:
+                conn = self.transport.subscriber_connection()
+                conn.send_command("SUBSCRIBE", channel)
+                reply = conn.read_response()
+                if not (isinstance(reply, list) and reply and reply[0] in (b"subscribe", "subscribe")):
+                    raise Transient(f"unexpected reply to SUBSCRIBE: {reply!r}")
+                if self._sub_resets:
+                    self._poll_all()  # grants published while we were not subscribed were lost
+                self._sub_resets += 1
+                self._subscribed.set()
+                delay = 0.0
+                pinged = False
+                while not self._stopping:
+                    if conn.can_read(timeout=interval):
+                        msg = conn.read_response()
+                        pinged = False
+                        if isinstance(msg, list) and len(msg) == 3 and msg[0] == b"message":
+                            self._on_message(msg[2])
+                    elif pinged:
+                        raise Transient("the subscription went silent")
+                    else:
+                        conn.send_command("PING")
+                        pinged = True
+            except Exception:
+                self._subscribed.clear()
+                if conn is not None:
+                    try:
+                        conn.disconnect()
+                    except Exception:
+                        pass
+                time.sleep(delay)
+                delay = min(max(delay * 2, 0.05), 1.0)
+
+    def _on_message(self, data: bytes) -> None:
+        parts = data.split()
+        for i in range(0, len(parts) - 2, 3):
+            self._deliver(parts[i].decode(), int(parts[i + 1]), parts[i + 2] == b"1")
+
+    def _poll_all(self) -> None:
+        now = _monotonic()
+        with self._mx:
+            for ch in self._active:
+                if ch._cells:
+                    ch._poll_at = now
+        self._wake.set()
+
+    def _maintain(self, pid: int) -> None:
+        """Keeps time only: renewals, polls and cancels run on the I/O pool, so a slow or cut-off
+        server never delays marking a lease lost at its deadline."""
+        next_renew = _monotonic() + self.opts.renew_interval
+        while not self._stopping and os.getpid() == pid:
+            try:
+                with self._mx:
+                    deferred, self._deferred = self._deferred, []
+                io = self._io()
+                for ch, rid, _ in deferred:
+                    io.submit(self._cancel_now, ch, rid)
+                if _monotonic() >= next_renew and not self._renewing:
+                    self._renewing = True
+                    io.submit(self._renew_round)
+                    next_renew = _monotonic() + self.opts.renew_interval
+                wake_at = self._check_deadlines()
+                now = _monotonic()
+                with self._mx:
+                    polls = [ch for ch in self._active
+                             if ch._poll_at is not None and ch._poll_at <= now and ch not in self._polling]
+                    for ch in polls:
+                        ch._poll_at = None
+                        self._polling.add(ch)
+                    active = [ch for ch in self._active if ch._leases or ch._cells or ch in self._polling]
+                    self._active = set(active)
+                    times = [ch._poll_at for ch in active if ch._poll_at is not None]
+                for ch in polls:
+                    io.submit(self._poll_round, ch)
+                if active:
+                    times.append(next_renew)
+                else:
+                    next_renew = _monotonic() + self.opts.renew_interval
+                if wake_at is not None:
+                    times.append(wake_at)
+                timeout = max(0.0, min(times) - _monotonic()) if times else None
+                self._wake.wait(timeout)
+                self._wake.clear()
+            except Exception as exc:  # never let the renewer die
+                import warnings
+
+                warnings.warn(f"interlock: redis maintenance error: {exc!r}", RuntimeWarning, stacklevel=1)
+                time.sleep(0.05)
+
+    def _renew_round(self) -> None:
+        try:
+            self._renew_all()
+        finally:
+            self._renewing = False
+
+    def _poll_round(self, ch: RedisChannel) -> None:
+        try:
+            self._poll(ch)
+        finally:
+            with self._mx:
+                self._polling.discard(ch)
+            self._wake.set()
+
+    def _cancel_now(self, ch: RedisChannel, rid: str) -> None:
+        try:
+            self._call(_Call(S.CANCEL, ch.target, (rid, "r"), _monotonic() + self.opts.ttl))
+        except BackendError:
+            pass  # unreachable: the request expires on the server within its TTL
+
+    def _check_deadlines(self) -> float | None:
+        """Mark leases lost at their conservative deadline; return the next deadline."""
+        now = _monotonic()
+        lost: list[tuple[RedisChannel, Lease]] = []
+        nxt: float | None = None
+        with self._mx:
+            for ch in self._active:
+                for rid, lease in list(ch._leases.items()):
+                    d = lease._deadline
+                    if lease._state != HELD:
+                        del ch._leases[rid]
+                    elif d is not None and d <= now:
+                        del ch._leases[rid]
+                        lost.append((ch, lease))
+                    elif d is not None and (nxt is None or d < nxt):
+                        nxt = d
+        for ch, lease in lost:
+            lease._set_lost("it could not be renewed before its deadline (server unreachable or too slow)")
+            self._defer_cancel(ch, lease.backend_data, None)
+        return nxt
+
+    def _renew_all(self) -> None:
+        with self._mx:
+            work = [(ch, list(ch._leases), list(ch._cells)) for ch in self._active]
+        work = [(ch, ls, cs) for ch, ls, cs in work if ls or cs]
+        if not work:
+            return
+        sent = _monotonic()
+        calls = [(S.RENEW, ch.target, (self.ttl_ms, *ls, *cs)) for ch, ls, cs in work]
+        try:
+            replies = self.transport.call_many(calls)
+        except Exception as exc:  # pragma: no cover - call_many converts errors
+            replies = [exc] * len(calls)
+        span = self.lease_span
+        for (ch, ls, cs), reply in zip(work, replies, strict=False):
+            if isinstance(reply, BaseException):
+                continue  # the deadline check marks leases lost if this keeps failing
+            missing = {m.decode() if isinstance(m, bytes) else m for m in reply}
+            gone_cells = False
+            lost: list[tuple[str, Lease]] = []
+            with self._mx:
+                for rid in ls:
+                    lease = ch._leases.get(rid)
+                    if lease is None:
+                        continue
+                    if rid in missing or lease._state != HELD or (lease._deadline or 0) <= sent:
+                        del ch._leases[rid]
+                        lost.append((rid, lease))
+                    else:
+                        lease._deadline = sent + span
+                for rid in cs:
+                    cell = ch._cells.get(rid)
+                    if cell is None:
+                        continue
+                    if rid in missing:
+                        gone_cells = True
+                    else:
+                        cell.confirmed = sent
+                if gone_cells:
+                    ch._poll_at = _monotonic()
+            for rid, lease in lost:
+                if lease._state == HELD:
+                    lease._set_lost(
+                        "the server no longer had it (it expired before it was renewed, or the server lost "
+                        "its state)" if rid in missing else "its deadline passed before it was renewed"
+                    )
+                if rid not in missing:
+                    self._defer_cancel(ch, rid, None)
+
+    def _poll(self, ch: RedisChannel) -> None:
+        with self._mx:
+            ids = list(ch._cells)
+        if not ids:
+            return
+        sent = _monotonic()
+        try:
+            r = self._call(_Call(S.POLL, ch.target, tuple(ids), sent + self.opts.renew_interval))
+        except BackendError:
+            self._schedule_poll(ch, int(self.opts.renew_interval * 1000))
+            return
+        if int(r[0]) == -1 and len(r) > 1 and isinstance(r[1], bytes):
+            return  # capacity mismatch reply: nothing to poll
+        self._schedule_poll(ch, int(r[0]))
+        for i, rid in enumerate(ids):
+            status, token, died = int(r[1 + 3 * i]), int(r[2 + 3 * i]), int(r[3 + 3 * i])
+            if status == 1:
+                self._deliver(rid, token, bool(died))
+            elif status == -1:
+                self._requeue(ch, rid)
+
+    def _requeue(self, ch: RedisChannel, rid: str) -> None:
+        """A queued request the server forgot (it expired while this process was stopped or cut off,
+        or the server restarted): queue it again, at the back."""
+        with self._mx:
+            cell = self._cells.get(rid)
+        if cell is None or cell.state != WAITING:
+            return
+        args = cell.args
+        sent = _monotonic()
+        try:
+            r = self._call(_Call(S.ACQUIRE, ch.target, args, sent + self.opts.renew_interval))
+        except BackendError:
+            self._schedule_poll(ch, int(self.opts.renew_interval * 1000))
+            return
+        if r[0] == 1:
+            with self._mx:
+                cell.confirmed = sent
+            self._deliver(rid, int(r[1]), bool(r[2]))
+        elif r[0] == 0:
+            cell.confirmed = sent
+            self._schedule_poll(ch, int(r[1]))
+        with self._mx:
+            withdrawn = cell.state == CANCELLED
+        if withdrawn:
+            self._cancel_now(ch, rid)
+
+    # -- inspection --------------------------------------------------------------------------------
+    def _statistics(self, name: str, target: Target) -> Statistics | None:
+        try:
+            r = self._call(_Call(S.STATUS, target, (), _monotonic() + self.opts.ttl))
+        except BackendError:
+            raise
+        now_ms, meta, hs, ws = int(r[0]), r[1], r[2], r[3]
+        if not meta[0]:
+            return None
+        kind = meta[0].decode()
+        cap, bounded, avail = int(meta[1]), meta[2] == b"1", int(meta[3])
+        last = int(meta[4]) if meta[4] else None
+        holders = []
+        for i in range(0, len(hs), 3):
+            sid, p, md, tok, t, info = _split(hs[i + 1])
+            who, host, pid, cmd = _info_fields(info)
+            holders.append(HolderInfo(
+                owner=who, permits=int(p), token=int(tok), mode=_MODE_NAME.get(md[:1], md),
+                held_for=max(0.0, (now_ms - int(t)) / 1000.0), pid=pid, host=host, command=cmd,
+                expires_in=(float(hs[i + 2]) - now_ms) / 1000.0,
+            ))
+        holders.sort(key=lambda h: h.token)
+        waiters = []
+        for i in range(0, len(ws), 3):
+            if not ws[i + 1]:
+                continue
+            _sid, p, md, _seq, t, info = _split(ws[i + 1])
+            who, host, pid, cmd = _info_fields(info)
+            waiters.append(WaiterInfo(
+                owner=who, permits=int(p), mode=_MODE_NAME.get(md[:1], md),
+                waiting_for=max(0.0, (now_ms - int(t)) / 1000.0), pid=pid, host=host, command=cmd,
+            ))
+        return Statistics(
+            name=name, kind=kind, capacity=cap, available=avail, holders=tuple(holders), waiters=tuple(waiters),
+            bounded=bounded, last_token=last, backend=self.display_url,
+            extra={"ttl": self.opts.ttl},
+        )
+
+    def status(self, name: str | None = None) -> list[Statistics]:
+        if name is not None:
+            names = [name]
+        else:
+            pattern = _glob_escape(self.opts.prefix) + "{*}:m"
+            start = len(self.opts.prefix) + 1
+            names = sorted({unquote(k.decode()[start:-3]) for k in self.transport.scan(pattern)})
+        out = []
+        for n in names:
+            base = self._key_base(n)
+            target = Target.make([base + s for s in (":m", ":h", ":q", ":w", ":x")], [])
+            s = self._statistics(n, target)
+            if s is not None:
+                out.append(s)
+        return out
+
+    def close(self) -> None:
+        """Stop the helper threads and close connections. Held leases are not released (they expire)."""
+        self._stopping = True
+        self._wake.set()
+        if self._transport is not None:
+            self._transport.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+
+    def _release_all_at_exit(self) -> None:
+        with self._mx:
+            work = [(ch, rid) for ch in self._active for rid in ch._leases]
+        for ch, rid in work:
+            try:
+                self.transport.call(S.RELEASE, ch.target, (rid, "r", 0, "0"))
+            except Exception:
+                pass
+
+
+def _split(rec: bytes) -> tuple[str, str, str, str, str, str]:
+    parts = rec.decode("utf-8", "replace").split("|", 5)
+    parts += [""] * (6 - len(parts))
+    return parts[0], parts[1], parts[2], parts[3], parts[4], parts[5]
+
+
+def _info_fields(info: str) -> tuple[str, str | None, int | None, str | None]:
+    f = info.split("\t")
+    who = f[0]
+    host = f[1] if len(f) > 1 else None
+    pid = int(f[2]) if len(f) > 2 and f[2].isdigit() else None
+    cmd = f[3] if len(f) > 3 else None
+    return who, host, pid, cmd
+
+
+def _glob_escape(s: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in s)
+
+
+def _reset_after_fork() -> None:
+    for b in list(_backends):
+        b._after_fork()
+
+
+def _release_at_exit() -> None:
+    # Return held permits now instead of making the next holder wait out the TTL.
+    for b in list(_backends):
+        b._stopping = True
+        b._release_all_at_exit()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+atexit.register(_release_at_exit)
+
+__all__ = ["RedisBackend", "RedisChannel"]

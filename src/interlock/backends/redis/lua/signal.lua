@@ -1,0 +1,16 @@
+-- signal: add permits to an unbounded (signalling) semaphore, then grant the head waiter(s).
+-- KEYS: see prelude.lua; KEYS[6] this request's idempotency latch (a retry applies it once)
+-- ARGV[6] permits to add, ARGV[7] latch lifetime ms
+-- Reply: {1} applied | {0} already applied by an earlier attempt
+local n = tonumber(ARGV[6])
+if not redis.call('SET', KEYS[6], '1', 'PX', ARGV[7], 'NX') then
+  return {0}
+end
+purge()
+cap = cap + n
+avail = avail + n
+dirty = true
+grant_head()
+touch()
+finish()
+return {1}

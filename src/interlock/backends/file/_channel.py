@@ -1,0 +1,733 @@
+"""The ``file://`` channel: one named primitive as seen by one process.
+
+Every decision is made under two locks, always in this order: the channel's in-process mutex
+(``flock`` is per open file description, so it does not exclude threads sharing the fd) and
+``flock(LOCK_EX)`` on the state file (it excludes other processes). Both are held for a few
+microseconds, never while waiting.
+
+Waiting: a waiter appends a record to the FIFO queue in the state file (every thread and task gets its
+own ticket, so threads, tasks and processes queue together), registers the processes it depends on with
+the death watcher, and sleeps in the kernel on a wake-up socket (a thread: ``poll()`` on a socket of its
+own; a task: its event loop's socket, see ``LoopHub``). Whoever frees permits grants them to the head of
+the queue inside the same state update (direct handoff: no barging, no thundering herd) and sends one
+datagram to each waiter granted. A woken waiter re-reads the state under the lock: a datagram only
+means "look again", so a stray or forged one costs a look, never a wrong grant.
+
+Both the blocking and the async paths are thin drivers around the same locked operations
+(``_grant_or_enqueue``, ``_take_grant``, ``_cancel``, ``_abandon_wait``); only how they sleep differs.
+"""
+
+from __future__ import annotations
+
+import _thread
+import asyncio
+import fcntl
+import itertools
+import time
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from ..._core import deadlock
+from ..._core.owner import ThreadOwner
+from ..._errors import AcquireTimeout, BlockingCallInEventLoop, InvalidArgument, OverRelease, WouldBlock
+from ..._lease import Lease
+from ..._spi import Channel, Statistics
+from ._paths import encode_name
+from ._state import MODES, StateFile, Wake, encode_label
+
+_flock = fcntl.flock
+_LOCK_EX = fcntl.LOCK_EX
+_LOCK_UN = fcntl.LOCK_UN
+if TYPE_CHECKING:
+    from ._backend import FileBackend, LoopHub
+
+_monotonic = time.monotonic
+_new_lease = Lease.__new__
+_get_running_loop = asyncio._get_running_loop
+_ref = weakref.ref
+_wids = itertools.count(1)  # waiter ids, unique within this process (the process id tells processes apart)
+_EXCLUSIVE = "exclusive"
+
+_labels: dict[str, bytes] = {}
+
+
+def _label(owner: Any) -> bytes:
+    """The owner as stored in a record (thread or task name), cached by name."""
+    if type(owner) is ThreadOwner:
+        key = "t" + owner.name
+    elif isinstance(owner, asyncio.Task):
+        key = "a" + owner.get_name()
+    else:
+        key = "?" + repr(owner)
+    b = _labels.get(key)
+    if b is None:
+        if len(_labels) > 1024:
+            _labels.clear()
+        b = _labels[key] = encode_label(key[0], key[1:])
+    return b
+
+
+class Wait:
+    """One queued acquire of this process (a thread or a task)."""
+
+    __slots__ = ("ch", "done", "fut", "grant", "mode", "owner", "peers", "permits", "site", "sock", "ticket",
+                 "timed_out", "wid")
+
+    def __init__(self, ch: FileChannel, permits: int, mode: str, owner: Any, site: Any, sock: int) -> None:
+        self.ch = ch
+        self.permits = permits
+        self.mode = mode
+        self.owner = owner
+        self.site = site
+        self.sock = sock
+        self.wid = next(_wids)
+        self.ticket = 0
+        self.peers: set[int] = set()
+        # done: the wait is settled (lease created, or withdrawn); grant: (token, permits, mode, prev)
+        # seen by an event loop's hub; timed_out: the async timeout fired.
+        self.done = False
+        self.grant: tuple[int, int, int, bool] | None = None
+        self.timed_out = False
+        self.fut: asyncio.Future[None] | None = None
+
+
+def _on_task_done(lease: Lease, task: asyncio.Task[Any]) -> None:
+    if lease._state == 0:  # HELD: the task ended without releasing its lock
+        from ..._core import reaper
+
+        reaper.abandon(lease, f"its owner task {task.get_name()!r} ended while holding it")
+
+
+class _TaskDeath:
+    __slots__ = ("lease_ref",)
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease_ref = _ref(lease)
+
+    def __call__(self, task: asyncio.Task[Any]) -> None:
+        lease = self.lease_ref()
+        if lease is not None:
+            _on_task_done(lease, task)
+
+
+class FileChannel(Channel):
+    """See the module docstring. Invariants (under ``_mutex``):
+
+    * ``_local`` maps token -> (owner, permits, mode, acquired_at, weakref to Lease) for every grant of
+      this process that a Lease was handed out for and that was not released; the state file has a
+      holder record for each of them with this process's id.
+    * ``_sf`` is None only after a fork (reopened on next use); ``_proc`` is 0 only then too.
+    """
+
+    backend: FileBackend
+    release_never_blocks = True  # a release is one short locked update, never a wait
+
+    def __init__(self, backend: FileBackend, name: str, kind: str, capacity: int, bounded: bool) -> None:
+        self._capacity = capacity
+        super().__init__(backend, name, kind, capacity, bounded)
+        self._mutex = _thread.allocate_lock()
+        self._owned = kind != "semaphore"
+        self._name_raw = encode_name(name)
+        self._local: dict[int, tuple[Any, int, str, float, weakref.ref[Lease]]] = {}
+        self._sf: StateFile | None = None
+        self._proc = 0
+        self._sf = self._open_file()
+
+    # capacity: fixed for bounded primitives; an unbounded semaphore's lives in the state file
+    @property
+    def capacity(self) -> int:
+        if self.bounded:
+            return self._capacity
+        with self._mutex:
+            sf = self._state()
+            sf.lock()
+            try:
+                return sf.read_locked()[0]
+            finally:
+                sf.unlock()
+
+    @capacity.setter
+    def capacity(self, value: int) -> None:
+        self._capacity = value
+
+    def _open_file(self) -> StateFile:
+        sf = self.backend.open_state(self.name)
+        try:
+            sf.setup(self._name_raw, self.kind, self._capacity, self.bounded, self.backend.display_url)
+        except BaseException:
+            sf.close()
+            raise
+        return sf
+
+    def _state(self) -> StateFile:
+        """The open state file (reopened after a fork). Caller holds _mutex."""
+        sf = self._sf
+        if sf is None:
+            sf = self._sf = self._open_file()
+        if not self._proc:
+            self._proc = self.backend.proc_id()
+        return sf
+
+    def _send(self, wakes: list[Wake]) -> None:
+        wake = self.backend.waker.wake
+        for proc, n in wakes:
+            wake(proc, n)
+
+    # -- grants --------------------------------------------------------------------------------------
+    def _lease_locked(self, token: int, permits: int, owner: Any, site: Any, mode: str, prev: bool) -> Lease:
+        lease = _new_lease(Lease)
+        lease._channel = self
+        lease.token = token
+        lease.permits = permits
+        lease.owner = owner
+        lease._site = site
+        lease.mode = mode
+        lease.acquired_at = at = _monotonic()
+        if prev:
+            lease.previous_owner_died = True
+        self._local[token] = (owner, permits, mode, at, _ref(lease))
+        return lease
+
+    def _fast(self, permits: int, owner: Any, site: Any, mode: str, fair: bool) -> Lease | None:
+        """The uncontended path (inlined on purpose: it is most of the cost of a pair)."""
+        label = _label(owner)
+        mutex = self._mutex
+        mutex.acquire()
+        try:
+            sf = self._sf
+            if sf is None or not self._proc:
+                sf = self._state()
+            fd = sf.fd
+            _flock(fd, _LOCK_EX)
+            try:
+                r = sf.grant_fast_locked(permits, fair, self._proc, MODES[mode], label, _monotonic())
+            finally:
+                _flock(fd, _LOCK_UN)
+            if r is None:
+                return None
+            lease = _new_lease(Lease)
+            lease._channel = self
+            lease.token = token = r[0]
+            lease.permits = permits
+            lease.owner = owner
+            lease._site = site
+            lease.mode = mode
+            lease.acquired_at = at = _monotonic()
+            if r[1]:
+                lease.previous_owner_died = True
+            self._local[token] = (owner, permits, mode, at, _ref(lease))
+        finally:
+            mutex.release()
+        if r[2]:
+            self._refresh_waiters()
+        return lease
+
+    def _track_task(self, lease: Lease) -> None:
+        """Owned grants (locks, RW locks) taken by a task end with the task. (Threads need no
+        per-acquire work: the reaper calls ``FileBackend.owner_ended`` when a thread ends.)"""
+        owner = lease.owner
+        if isinstance(owner, asyncio.Task):
+            cb = _TaskDeath(lease)
+            lease.backend_data = cb
+            owner.add_done_callback(cb)
+
+    @staticmethod
+    def _untrack_task(lease: Lease) -> None:
+        cb = lease.backend_data
+        if cb is not None:
+            lease.backend_data = None
+            try:
+                lease.owner.remove_done_callback(cb)
+            except Exception:
+                pass
+
+    def _doomed(self, permits: int) -> None:
+        if self.bounded and permits > self._capacity:
+            raise InvalidArgument(
+                f"cannot acquire {permits} permits of {self.describe()}: its capacity is {self._capacity}; "
+                "ask for at most the capacity", name=self.name, permits=permits, capacity=self._capacity,
+            )
+
+    def _would_block(self, permits: int) -> WouldBlock:
+        return WouldBlock(f"{self.describe()} cannot grant {permits} permit(s) now", name=self.name,
+                          permits=permits)
+
+    def acquire(
+        self, permits: int, timeout: float | None, blocking: bool, owner: Any, site: Any, mode: str,
+        fair: bool = True,
+    ) -> Lease:
+        lease = self._fast(permits, owner, site, mode, fair)
+        if lease is not None:
+            return lease
+        self._doomed(permits)
+        if not blocking or timeout == 0:
+            lease = self._try_after_reclaim(permits, owner, site, mode, fair)
+            if lease is not None:
+                return lease
+            raise self._would_block(permits)
+        if _get_running_loop() is not None:
+            raise BlockingCallInEventLoop(
+                f"blocking acquire of {self.describe()} on a thread whose event loop is running would "
+                "deadlock it; use 'async with' or 'await acquire_async()' instead", name=self.name,
+            )
+        ws = self.backend.take_socket()
+        try:
+            w = Wait(self, permits, mode, owner, site, ws.n)
+            lease = self._grant_or_enqueue(w, fair)
+            if lease is not None:
+                return lease
+            return self._wait_thread(w, ws, timeout)
+        finally:
+            self.backend.give_socket(ws)
+
+    def acquire_nowait(self, permits: int, owner: Any, site: Any, mode: str, fair: bool) -> Lease | None:
+        lease = self._fast(permits, owner, site, mode, fair)
+        if lease is not None and self._owned:
+            self._track_task(lease)
+        return lease
+
+    async def acquire_async(
+        self, permits: int, timeout: float | None, blocking: bool, owner: Any, site: Any, mode: str,
+        fair: bool = True,
+    ) -> Lease:
+        lease = self._fast(permits, owner, site, mode, fair)
+        if lease is None:
+            self._doomed(permits)
+            if not blocking or timeout == 0:
+                lease = self._try_after_reclaim(permits, owner, site, mode, fair)
+                if lease is None:
+                    raise self._would_block(permits)
+            else:
+                loop = asyncio.get_running_loop()
+                hub = self.backend.hub(loop)
+                w = Wait(self, permits, mode, owner, site, hub.sock.n)
+                lease = self._grant_or_enqueue(w, fair)
+                if lease is None:
+                    lease = await self._wait_task(w, hub, timeout, loop)
+        if self._owned:
+            self._track_task(lease)
+        return lease
+
+    def _try_after_reclaim(self, permits: int, owner: Any, site: Any, mode: str, fair: bool) -> Lease | None:
+        """A non-blocking acquire that found no room: if a holder or a queued waiter is provably dead,
+        reclaim it and try once more (a dead process's permits are free, not busy)."""
+        if self._reclaim_provably_dead():
+            return self._fast(permits, owner, site, mode, fair)
+        return None
+
+    def _grant_or_enqueue(self, w: Wait, fair: bool) -> Lease | None:
+        """Grant now if possible (permits freed since the fast path), else join the queue."""
+        mode = MODES[w.mode]
+        label = _label(w.owner)
+        with self._mutex:
+            sf = self._state()
+            proc = self._proc
+            sf.lock()
+            try:
+                now = _monotonic()
+                r = sf.grant_fast_locked(w.permits, fair, proc, mode, label, now)
+                if r is None:
+                    w.ticket, peers = sf.enqueue_locked(w.permits, proc, w.wid, w.sock, mode, label, now)
+            finally:
+                sf.unlock()
+            if r is not None:
+                w.done = True
+                return self._lease_locked(r[0], w.permits, w.owner, w.site, w.mode, r[1])
+        peers.discard(proc)
+        w.peers = peers
+        return None
+
+    def _take_grant(self, w: Wait, grant: tuple[int, int, int, bool] | None = None) -> Lease | None:
+        """The lease for ``w`` if it has been granted (read from the state unless ``grant`` is given)."""
+        with self._mutex:
+            if grant is None:
+                sf = self._state()
+                sf.lock()
+                try:
+                    grant = sf.find_grant_locked(self._proc, w.wid)
+                finally:
+                    sf.unlock()
+                if grant is None:
+                    return None
+            w.done = True
+            return self._lease_locked(grant[0], grant[1], w.owner, w.site, w.mode, grant[3])
+
+    def _cancel(self, w: Wait) -> Lease | None:
+        """Timeout: leave the queue. A grant that raced with the timeout is kept (returned)."""
+        with self._mutex:
+            sf = self._state()
+            proc = self._proc
+            sf.lock()
+            grant = None
+            try:
+                found, wakes = sf.withdraw_locked(w.ticket, _monotonic())
+                if not found:
+                    grant = sf.find_grant_locked(proc, w.wid)
+            finally:
+                sf.unlock()
+            w.done = True
+            lease = None
+            if grant is not None:
+                lease = self._lease_locked(grant[0], grant[1], w.owner, w.site, w.mode, grant[3])
+        self._send(wakes)
+        return lease
+
+    def _abandon_wait(self, w: Wait) -> None:
+        """The waiter leaves with an exception (interrupt, cancellation): never keep a grant it will not
+        use; a grant that raced in is passed on to the next waiter."""
+        with self._mutex:
+            sf = self._state()
+            proc = self._proc
+            sf.lock()
+            try:
+                now = _monotonic()
+                found, wakes = sf.withdraw_locked(w.ticket, now)
+                if not found:
+                    grant = sf.find_grant_locked(proc, w.wid)
+                    if grant is not None:
+                        _, wakes = sf.release_locked(grant[0], proc, None, False, now)
+            finally:
+                sf.unlock()
+            w.done = True
+        self._send(wakes)
+
+    def grants_for(self, waits: list[Wait]) -> dict[int, tuple[int, int, int, bool]]:
+        """Which of these waiters (of one event loop) have been granted: wid -> grant."""
+        with self._mutex:
+            sf = self._state()
+            sf.lock()
+            try:
+                return sf.granted_wids_locked(self._proc, [w.wid for w in waits])
+            finally:
+                sf.unlock()
+
+    # -- sleeping ------------------------------------------------------------------------------------
+    def _wait_thread(self, w: Wait, ws: Any, timeout: float | None) -> Lease:
+        owner = w.owner
+        try:
+            deadlock.enter_wait(owner, self)
+        except BaseException:
+            self._abandon_wait(w)
+            raise
+        try:
+            deadline = None if timeout is None else _monotonic() + timeout
+            self._watch(w.peers)
+            poll = ws.poller.poll
+            while True:
+                if deadline is None:
+                    poll()
+                else:
+                    left = deadline - _monotonic()
+                    if left <= 0 or not poll(int(left * 1000) + 1):
+                        if _monotonic() < deadline:
+                            continue
+                        lease = self._cancel(w)
+                        if lease is None:
+                            raise AcquireTimeout(
+                                f"timed out after {timeout}s waiting for {w.permits} permit(s) of "
+                                f"{self.describe()}", name=self.name, permits=w.permits, timeout=timeout,
+                            )
+                        return lease
+                ws.drain()
+                lease = self._take_grant(w)
+                if lease is not None:
+                    return lease
+                self.rewatch()  # not granted: a barging holder to watch, or a stray datagram
+        except BaseException:
+            if not w.done:
+                self._abandon_wait(w)
+            raise
+        finally:
+            deadlock.leave_wait(owner)
+
+    async def _wait_task(self, w: Wait, hub: LoopHub, timeout: float | None,
+                         loop: asyncio.AbstractEventLoop) -> Lease:
+        owner = w.owner
+        try:
+            deadlock.enter_wait(owner, self)
+        except BaseException:
+            self._abandon_wait(w)
+            raise
+        timer = None
+        hub.add(w)
+        try:
+            self._watch(w.peers)
+            if timeout is not None:
+                timer = loop.call_later(timeout, hub.expire, w)
+            while True:
+                if w.grant is None and not w.timed_out:
+                    w.fut = loop.create_future()
+                    await w.fut
+                if w.grant is not None:
+                    lease = self._take_grant(w, w.grant)
+                    assert lease is not None
+                    return lease
+                if w.timed_out:
+                    lease = self._cancel(w)
+                    if lease is None:
+                        raise AcquireTimeout(
+                            f"timed out after {timeout}s waiting for {w.permits} permit(s) of "
+                            f"{self.describe()}", name=self.name, permits=w.permits, timeout=timeout,
+                        )
+                    return lease
+        except BaseException:
+            if not w.done:
+                self._abandon_wait(w)
+            raise
+        finally:
+            hub.remove(w)
+            deadlock.leave_wait(owner)
+            if timer is not None:
+                timer.cancel()
+
+    # -- death of other processes -----------------------------------------------------------------------
+    def _watch(self, peers: set[int]) -> None:
+        if not peers:
+            return
+        dead = self.backend.watcher().watch(self, peers)
+        if dead:
+            self.reclaim_dead(dead)
+            self.backend.forget_dead(dead)
+
+    def rewatch(self) -> None:
+        with self._mutex:
+            sf = self._state()
+            sf.lock()
+            try:
+                peers = sf.peers_locked()[0]
+            finally:
+                sf.unlock()
+            peers.discard(self._proc)
+        self._watch(peers)
+
+    def _refresh_waiters(self) -> None:
+        """After a barging grant: wake every waiter, so that each registers the new holder."""
+        with self._mutex:
+            sf = self._state()
+            sf.lock()
+            try:
+                wakes = sf.waiter_wakes_locked()
+            finally:
+                sf.unlock()
+        self._send(wakes)
+
+    def reclaim_dead(self, dead: set[int]) -> int:
+        """Remove every record of processes proved dead; their permits go to the next waiters."""
+        with self._mutex:
+            sf = self._state()
+            sf.lock()
+            try:
+                removed, wakes = sf.reclaim_locked(dead, _monotonic())
+            finally:
+                sf.unlock()
+        self._send(wakes)
+        return removed
+
+    def _reclaim_provably_dead(self) -> bool:
+        with self._mutex:
+            sf = self._state()
+            sf.lock()
+            try:
+                peers = sf.peers_locked()[0]
+            finally:
+                sf.unlock()
+            peers.discard(self._proc)
+        dead = self.backend.dead_among(peers)
+        if not dead:
+            return False
+        self.reclaim_dead(dead)
+        self.backend.forget_dead(dead)
+        return True
+
+    def reclaim_owner(self, owner: Any) -> None:
+        """A thread of this process ended: return the owned grants (locks, RW locks) it still holds."""
+        if not self._owned:
+            return
+        with self._mutex:
+            toks = [t for t, rec in self._local.items() if rec[0] is owner]
+            if not toks or self._sf is None:
+                return
+            for t in toks:
+                del self._local[t]
+            sf = self._sf
+            sf.lock()
+            try:
+                _, wakes = sf.reclaim_locked(set(), _monotonic(), self._proc, toks)
+            finally:
+                sf.unlock()
+        self._send(wakes)
+
+    # -- release -------------------------------------------------------------------------------------
+    def _release_locked(self, lease: Lease, permits: int, abandoned: bool, blocking: bool) -> list[Wake] | None:
+        """Caller holds _mutex. Returns the wakes, or None if the file lock was not free (non-blocking)."""
+        token = lease.token
+        rec = self._local.get(token)
+        if rec is None:
+            return []  # not held by this process any more (released, reclaimed, or a forked copy)
+        sf = self._sf
+        assert sf is not None
+        if blocking:
+            sf.lock()
+        elif not sf.try_lock():
+            return None
+        try:
+            _, wakes = sf.release_locked(token, self._proc, permits, abandoned, _monotonic())
+        finally:
+            sf.unlock()
+        if permits < rec[1]:
+            self._local[token] = (rec[0], rec[1] - permits, rec[2], rec[3], rec[4])
+        else:
+            del self._local[token]
+        return wakes
+
+    def release(self, lease: Lease, permits: int, abandoned: bool = False) -> None:
+        mutex = self._mutex
+        token = lease.token
+        mutex.acquire()
+        try:
+            rec = self._local.get(token)
+            if rec is None:
+                return  # not held by this process any more (released, reclaimed, or a forked copy)
+            sf = self._sf
+            assert sf is not None
+            fd = sf.fd
+            _flock(fd, _LOCK_EX)
+            try:
+                wakes = sf.release_locked(token, self._proc, permits, abandoned, _monotonic())[1]
+            finally:
+                _flock(fd, _LOCK_UN)
+            if permits < rec[1]:
+                self._local[token] = (rec[0], rec[1] - permits, rec[2], rec[3], rec[4])
+            else:
+                del self._local[token]
+        finally:
+            mutex.release()
+        if wakes:
+            self._send(wakes)
+        if lease.backend_data is not None:
+            self._untrack_task(lease)
+
+    def try_release_abandoned(self, lease: Lease) -> bool:
+        # Called from finalizers: never wait, neither for the mutex (this thread might hold it) nor for
+        # the file lock (another process might hold it).
+        if not self._mutex.acquire(False):
+            return False
+        try:
+            wakes = self._release_locked(lease, lease.permits, True, False)
+        finally:
+            self._mutex.release()
+        if wakes is None:
+            return False
+        if wakes:
+            self._send(wakes)
+        return True
+
+    def is_current(self, lease: Lease) -> bool:
+        return lease.token in self._local
+
+    def downgrade(self, lease: Lease) -> None:
+        with self._mutex:
+            rec = self._local.get(lease.token)
+            if rec is None:
+                lease.ensure_held()
+                return
+            sf = self._state()
+            sf.lock()
+            try:
+                _, wakes = sf.downgrade_locked(lease.token, self._proc, _monotonic())
+            finally:
+                sf.unlock()
+            self._local[lease.token] = (rec[0], 1, "shared", rec[3], rec[4])
+            lease.permits = 1
+            lease.mode = "shared"
+        self._send(wakes)
+
+    def forget(self, lease: Lease) -> None:
+        with self._mutex:
+            rec = self._local.pop(lease.token, None)
+            if rec is None:
+                return
+            sf = self._state()
+            sf.lock()
+            try:
+                _, wakes = sf.release_locked(lease.token, self._proc, None, False, _monotonic(), forget=True,
+                                             bounded=self.bounded)
+            finally:
+                sf.unlock()
+        self._send(wakes)
+        if lease.backend_data is not None:
+            self._untrack_task(lease)
+
+    def signal(self, permits: int) -> None:
+        if self.bounded:
+            raise OverRelease(
+                f"{self.describe()} is bounded: release() without holding a permit would exceed its "
+                f"capacity {self._capacity}; release the Lease from acquire(), or create the semaphore "
+                "with bounded=False for signalling", name=self.name, capacity=self._capacity,
+            )
+        with self._mutex:
+            sf = self._state()
+            sf.lock()
+            try:
+                wakes = sf.signal_locked(permits, _monotonic())
+            finally:
+                sf.unlock()
+        self._send(wakes)
+
+    # -- inspection ----------------------------------------------------------------------------------
+    def statistics(self) -> Statistics:
+        with self._mutex:
+            sf = self._state()
+            sf.lock()
+            try:
+                snap = sf.snapshot_locked()
+            finally:
+                sf.unlock()
+        return self.backend.statistics_of(snap, sf.path)
+
+    def local_holder_owners(self) -> list[Any]:
+        return [rec[0] for rec in list(self._local.values())]
+
+    def has_remote_holders(self) -> bool:
+        with self._mutex:
+            sf = self._state()
+            sf.lock()
+            try:
+                procs = sf.holder_procs_locked()
+            finally:
+                sf.unlock()
+            return any(p != self._proc for p in procs)
+
+    def locked(self) -> bool:
+        with self._mutex:
+            sf = self._state()
+            sf.lock()
+            try:
+                _, avail, _, _, _, nw, _, _ = sf.read_locked()
+            finally:
+                sf.unlock()
+        return avail < 1 or nw > 0
+
+    # -- fork ----------------------------------------------------------------------------------------
+    def after_fork_in_child(self) -> None:
+        """The child is another process: it holds none of the parent's grants and has none of its
+        waiters. Leases copied from the parent are marked lost; the state file is reopened on next use
+        (the inherited descriptor shares the parent's flock, so it must never be used, nor unlocked)."""
+        self._mutex = _thread.allocate_lock()
+        sf, self._sf = self._sf, None
+        self._proc = 0
+        if sf is not None:
+            try:
+                sf.close()
+            except OSError:
+                pass
+        local, self._local = self._local, {}
+        for rec in local.values():
+            lease = rec[4]()
+            if lease is not None and lease._state == 0:
+                lease._state = 2  # LOST, without running callbacks in the fork handler
+                lease._lost_reason = "the process forked: the child does not hold its parent's grants"
+                lease._lost_callbacks = None
+                lease.backend_data = None
+        self._r_lease = None
+        self._r_depth = 0

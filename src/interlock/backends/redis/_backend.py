@@ -152,7 +152,7 @@ class RedisChannel(Channel):
         self.base = backend._key_base(name)
         o = backend.opts
         self.target = Target.make(
-            [self.base + s for s in (":m", ":h", ":q", ":w", ":x")],
+            [self.base + s for s in (":m", ":q", ":x")],
             [o.prefix + "c:", kind, str(capacity), "1" if bounded else "0",
              str(int(o.idle_expiry * 1000))],
         )
@@ -260,7 +260,7 @@ class RedisChannel(Channel):
             # Make the grant durable on replicas before anyone relies on it: a write of ours (renew)
             # followed by WAIT covers every earlier write, including the grant.
             sent = _monotonic()
-            missing, acked = yield _Call(S.RENEW, self.target, (b.ttl_ms, rid), sent + b.opts.ttl, wait=True)
+            missing, acked = yield _Call(S.RENEW, self.target, ("", b.ttl_ms, rid), sent + b.opts.ttl, wait=True)
             if missing or acked < b.opts.wait_replicas:
                 yield _Call(S.CANCEL, self.target, (rid, "r"), _monotonic() + b.opts.ttl)
                 raise BackendError(
@@ -384,7 +384,7 @@ class RedisChannel(Channel):
         b = self.rb
         rid = b._new_id()
         target = Target.make([*self.target.keys, f"{self.base}:sig:{rid}"], self.target.const)
-        yield _Call(S.SIGNAL, target, (permits, 600_000), _monotonic() + b.opts.ttl)
+        yield _Call(S.SIGNAL, target, ("", permits, 600_000), _monotonic() + b.opts.ttl)
 
     # -- inspection --------------------------------------------------------------------------------
     def statistics(self) -> Statistics:
@@ -918,7 +918,7 @@ class RedisBackend(Backend):
         if not work:
             return
         sent = _monotonic()
-        calls = [(S.RENEW, ch.target, (self.ttl_ms, *ls, *cs)) for ch, ls, cs in work]
+        calls = [(S.RENEW, ch.target, ("", self.ttl_ms, *ls, *cs)) for ch, ls, cs in work]
         try:
             replies = self.transport.call_many(calls)
         except Exception as exc:  # pragma: no cover - call_many converts errors
@@ -966,7 +966,7 @@ class RedisBackend(Backend):
             return
         sent = _monotonic()
         try:
-            r = self._call(_Call(S.POLL, ch.target, tuple(ids), sent + self.opts.renew_interval))
+            r = self._call(_Call(S.POLL, ch.target, ("", *ids), sent + self.opts.renew_interval))
         except BackendError:
             self._schedule_poll(ch, int(self.opts.renew_interval * 1000))
             return
@@ -1054,7 +1054,7 @@ class RedisBackend(Backend):
         out = []
         for n in names:
             base = self._key_base(n)
-            target = Target.make([base + s for s in (":m", ":h", ":q", ":w", ":x")], [])
+            target = Target.make([base + s for s in (":m", ":q", ":x")], [])
             s = self._statistics(n, target)
             if s is not None:
                 out.append(s)

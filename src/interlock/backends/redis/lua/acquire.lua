@@ -5,29 +5,29 @@
 -- grantable now, "f" fair: do not pass queued waiters), ARGV[11] lease ttl ms, ARGV[12] info
 -- Reply: {1, token, died} granted | {0, next_check_ms} queued | {2} would block
 --        | {-1, kind, capacity, bounded} capacity mismatch
-local id, sid, p, md, flags = ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10]
+local sid, p, md, flags = ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10]
 local ttl, info = tonumber(ARGV[11]), ARGV[12]
 purge()
-local rec = redis.call('HGET', H, id)
-if rec then  -- a retry of a request that was granted: return the same grant
-  local _, _, hmd, tok = parse(rec)
+if myrec then  -- a retry of a request that was granted: return the same grant
+  local _, _, hmd, tok = parse(myrec)
   finish()
   return {1, tonumber(tok), tonumber(string.sub(hmd, 2, 2)) or 0}
 end
-if redis.call('ZSCORE', Q, id) then  -- a retry of a queued request
+local queued = redis.call('ZCARD', Q)
+if queued > 0 and redis.call('ZSCORE', Q, ID) then  -- a retry of a queued request
   finish()
   return {0, next_check()}
 end
-local fair = string.find(flags, 'f', 1, true)
-if avail >= p and (not fair or redis.call('ZCARD', Q) == 0) then
+if avail >= p and (queued == 0 or not string.find(flags, 'f', 1, true)) then
   avail = avail - p
   local tok = next_token()
   local d = died
   died = 0
-  redis.call('HSET', H, id, sid .. '|' .. p .. '|' .. md .. d .. '|' .. fmt(tok) .. '|' .. now .. '|' .. info)
-  redis.call('ZADD', X, now + ttl, id)
-  touch()
+  put('h' .. ID, sid .. '|' .. p .. '|' .. md .. d .. '|' .. fmt(tok) .. '|' .. now .. '|' .. info)
+  redis.call('ZADD', X, now + ttl, ID)
+  redis.call('PEXPIRE', X, ARGV[5])
   finish()
+  if meta[1] then redis.call('PEXPIRE', M, ARGV[5]) end
   return {1, tok, d}
 end
 if not string.find(flags, 'b', 1, true) then
@@ -36,9 +36,11 @@ if not string.find(flags, 'b', 1, true) then
 end
 seq = seq + 1
 dirty = true
-redis.call('ZADD', Q, seq, id)
-redis.call('HSET', W, id, sid .. '|' .. p .. '|' .. md .. '|' .. seq .. '|' .. now .. '|' .. info)
-redis.call('ZADD', X, now + ttl, id)
-touch()
+redis.call('ZADD', Q, seq, ID)
+put('w' .. ID, sid .. '|' .. p .. '|' .. md .. '|' .. seq .. '|' .. now .. '|' .. info)
+redis.call('ZADD', X, now + ttl, ID)
+redis.call('PEXPIRE', Q, ARGV[5])
+redis.call('PEXPIRE', X, ARGV[5])
 finish()
+if meta[1] then redis.call('PEXPIRE', M, ARGV[5]) end
 return {0, next_check()}

@@ -1,33 +1,34 @@
 -- interlock redis backend: prelude shared by every state-changing script (prepended to each).
 --
--- One primitive = five keys sharing one hash tag (Redis Cluster keeps them in one slot):
--- KEYS[1] m  meta hash: k kind, c capacity, b bounded ("1"/"0"), a available permits,
---            t last fencing token, s queue arrival sequence, d "previous owner died" flag for the
---            next grant
--- KEYS[2] h  holders hash: request id -> "sid|permits|mode died|token|granted_ms|info"
--- KEYS[3] q  queue zset: request id -> arrival sequence (strict FIFO order)
--- KEYS[4] w  waiters hash: request id -> "sid|permits|mode|seq|enqueued_ms|info"
--- KEYS[5] x  expiry zset: request id -> expiry (server ms) of every holder and waiter
+-- One primitive = three keys sharing one hash tag (Redis Cluster keeps them in one slot):
+-- KEYS[1] m  hash: k kind, c capacity, b bounded ("1"/"0"), a available permits, t last fencing
+--            token, s queue arrival sequence, d "previous owner died" flag for the next grant;
+--            "h<id>" -> holder record "sid|permits|mode died|token|granted_ms|info";
+--            "w<id>" -> waiter record "sid|permits|mode|seq|enqueued_ms|info"
+-- KEYS[2] q  zset: request id -> arrival sequence of the queued requests (strict FIFO order)
+-- KEYS[3] x  zset: request id -> expiry (server ms) of every holder and every queued request
 -- ARGV[1] channel prefix: grants are published to ARGV[1] .. sid (one channel per process)
 -- ARGV[2] kind, ARGV[3] capacity, ARGV[4] bounded ("1"/"0"), ARGV[5] idle expiry of the keys (ms)
--- Script-specific arguments start at ARGV[6].
+-- ARGV[6] the request id the script is about (acquire, release, cancel), else anything.
+-- Script-specific arguments follow from ARGV[7].
 --
--- Invariants (hold between scripts):
---   bounded: a + sum(permits of h) == c; unbounded: c grows with signal and shrinks with forget.
---   Every id is in exactly one of h (granted) or q+w (queued), and then also in x.
+-- Invariants (between scripts):
+--   bounded: a + sum(permits of holders) == c; unbounded: c grows with signal, shrinks with forget.
+--   Every id has exactly one record (h or w); a w-record id is in q; every id is in x.
 --   If q is non-empty, its head does not fit in a (grants are made eagerly, in FIFO order).
 -- Time is the server's (TIME): clients never send timestamps. Tokens are max(t + 1, now in us), so
 -- they keep increasing when the keys are lost (a restart without persistence).
 pcall(redis.replicate_commands)  -- Redis < 7 needs effects replication for TIME before writes
 
-local M, H, Q, W, X = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local CHP = ARGV[1]
+local M, Q, X = KEYS[1], KEYS[2], KEYS[3]
+local ID = ARGV[6]
 local tm = redis.call('TIME')
 local now_us = tonumber(tm[1]) * 1000000 + tonumber(tm[2])
 local now = math.floor(now_us / 1000)
 
-local meta = redis.call('HMGET', M, 'k', 'c', 'b', 'a', 't', 's', 'd')
+local meta = redis.call('HMGET', M, 'k', 'c', 'b', 'a', 't', 's', 'd', 'h' .. ID)
 local kind, cap, bounded, avail, last, seq, died
+local myrec = meta[8]  -- this request's holder record, if it holds a grant
 if not meta[1] then
   kind, cap, bounded = ARGV[2], tonumber(ARGV[3]), ARGV[4]
   avail, last, seq, died = cap, 0, 0, 0
@@ -40,6 +41,7 @@ else
   end
 end
 local dirty = not meta[1]
+local sets, dels = {}, {}  -- writes to M, applied by finish(): deletions first
 local grants = {}
 
 local function fmt(n) return string.format('%d', n) end
@@ -57,14 +59,19 @@ local function next_token()
   return tok
 end
 
--- Strict FIFO: grant from the head of the queue while the head fits; publish each grant to the
--- waiter's process (finish() sends one message per process).
+local function put(field, value)
+  sets[#sets + 1] = field
+  sets[#sets + 1] = value
+end
+
+-- Strict FIFO: grant from the head of the queue while the head fits; finish() publishes one message
+-- per process with its grants.
 local function grant_head()
   while avail > 0 do
     local head = redis.call('ZRANGE', Q, 0, 0)
     local id = head[1]
     if not id then break end
-    local rec = redis.call('HGET', W, id)
+    local rec = redis.call('HGET', M, 'w' .. id)
     if not rec then
       redis.call('ZREM', Q, id)
     else
@@ -72,11 +79,13 @@ local function grant_head()
       if p > avail then break end
       avail = avail - p
       redis.call('ZREM', Q, id)
-      redis.call('HDEL', W, id)
+      redis.call('HDEL', M, 'w' .. id)
       local tok = fmt(next_token())
       local d = died
       died = 0
-      redis.call('HSET', H, id, sid .. '|' .. p .. '|' .. md .. d .. '|' .. tok .. '|' .. now .. '|' .. info)
+      local hrec = sid .. '|' .. p .. '|' .. md .. d .. '|' .. tok .. '|' .. now .. '|' .. info
+      put('h' .. id, hrec)
+      if id == ID then myrec = hrec end
       local item = id .. ' ' .. tok .. ' ' .. d
       local g = grants[sid]
       if g then grants[sid] = g .. ' ' .. item else grants[sid] = item end
@@ -87,21 +96,23 @@ end
 -- Drop every holder and waiter whose lease expired (its process stopped renewing it).
 local function purge()
   local dead = redis.call('ZRANGEBYSCORE', X, '-inf', now, 'LIMIT', 0, 1000)
+  if #dead == 0 then return end
+  redis.call('ZREM', X, unpack(dead))
   for i = 1, #dead do
     local id = dead[i]
-    redis.call('ZREM', X, id)
-    local rec = redis.call('HGET', H, id)
+    if id == ID then myrec = nil end
+    local rec = redis.call('HGET', M, 'h' .. id)
     if rec then
       local _, p = parse(rec)
-      redis.call('HDEL', H, id)
+      dels[#dels + 1] = 'h' .. id
       avail = avail + p
       died = 1
       dirty = true
-    elseif redis.call('HDEL', W, id) == 1 then
+    elseif redis.call('HDEL', M, 'w' .. id) == 1 then
       redis.call('ZREM', Q, id)
     end
   end
-  if #dead > 0 then grant_head() end
+  grant_head()
 end
 
 -- Milliseconds until the earliest lease expiry (a waiter's only timed re-check), or -1.
@@ -111,22 +122,26 @@ local function next_check()
   return -1
 end
 
-local function touch()
-  local idle = ARGV[5]
-  redis.call('PEXPIRE', M, idle)
-  redis.call('PEXPIRE', H, idle)
-  redis.call('PEXPIRE', Q, idle)
-  redis.call('PEXPIRE', W, idle)
-  redis.call('PEXPIRE', X, idle)
-end
-
 local function finish()
-  if dirty then
-    redis.call('HSET', M, 'k', kind, 'c', fmt(cap), 'b', bounded, 'a', fmt(avail), 't', fmt(last),
-      's', fmt(seq), 'd', died)
-    if not meta[1] then redis.call('PEXPIRE', M, ARGV[5]) end
+  for i = 1, #dels, 500 do
+    redis.call('HDEL', M, unpack(dels, i, math.min(i + 499, #dels)))
   end
+  if dirty then
+    put('a', fmt(avail))
+    put('t', fmt(last))
+    put('d', died)
+    put('s', fmt(seq))
+    put('c', fmt(cap))
+  end
+  if not meta[1] then
+    put('k', kind)
+    put('b', bounded)
+  end
+  for i = 1, #sets, 1000 do
+    redis.call('HSET', M, unpack(sets, i, math.min(i + 999, #sets)))
+  end
+  if not meta[1] then redis.call('PEXPIRE', M, ARGV[5]) end
   for sid, payload in pairs(grants) do
-    redis.call('PUBLISH', CHP .. sid, payload)
+    redis.call('PUBLISH', ARGV[1] .. sid, payload)
   end
 end

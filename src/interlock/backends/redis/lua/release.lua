@@ -3,23 +3,22 @@
 -- ARGV[6] request id of the grant, ARGV[7] op ("r" release, "f" forget, "d" downgrade),
 -- ARGV[8] permits to return (0 = all), ARGV[9] "1" if the holder abandoned it (died)
 -- Reply: {1} done | {0} not held (expired, reclaimed or lost by the server): nothing was touched
-local id, op, rp = ARGV[6], ARGV[7], tonumber(ARGV[8])
+local op, rp = ARGV[7], tonumber(ARGV[8])
 purge()
-local rec = redis.call('HGET', H, id)
-if not rec then
+if not myrec then
   finish()
   return {0}
 end
-local sid, p, md, tok, t, info = parse(rec)
+local sid, p, md, tok, t, info = parse(myrec)
 if op == 'd' then
   avail = avail + (p - 1)
-  redis.call('HSET', H, id, sid .. '|1|s' .. string.sub(md, 2, 2) .. '|' .. tok .. '|' .. t .. '|' .. info)
+  put('h' .. ID, sid .. '|1|s' .. string.sub(md, 2, 2) .. '|' .. tok .. '|' .. t .. '|' .. info)
 elseif rp > 0 and rp < p then
   avail = avail + rp
-  redis.call('HSET', H, id, sid .. '|' .. (p - rp) .. '|' .. md .. '|' .. tok .. '|' .. t .. '|' .. info)
+  put('h' .. ID, sid .. '|' .. (p - rp) .. '|' .. md .. '|' .. tok .. '|' .. t .. '|' .. info)
 else
-  redis.call('HDEL', H, id)
-  redis.call('ZREM', X, id)
+  dels[#dels + 1] = 'h' .. ID
+  redis.call('ZREM', X, ID)
   if op == 'f' and bounded == '0' then cap = cap - p else avail = avail + p end
 end
 if ARGV[9] == '1' then died = 1 end

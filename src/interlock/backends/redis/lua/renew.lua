@@ -1,11 +1,11 @@
 -- renew: extend the leases of one process's holders and queued waiters on this primitive.
 -- KEYS: see prelude.lua
--- ARGV[6] lease ttl ms, ARGV[7..] request ids
+-- ARGV[6] unused, ARGV[7] lease ttl ms, ARGV[8..] request ids
 -- Reply: the ids that are no longer known (expired, reclaimed, or lost by the server)
-local ttl = tonumber(ARGV[6])
+local ttl = tonumber(ARGV[7])
 purge()
 local missing = {}
-for i = 7, #ARGV do
+for i = 8, #ARGV do
   local id = ARGV[i]
   if redis.call('ZSCORE', X, id) then
     redis.call('ZADD', X, now + ttl, id)
@@ -13,6 +13,8 @@ for i = 7, #ARGV do
     missing[#missing + 1] = id
   end
 end
-touch()
+redis.call('PEXPIRE', M, ARGV[5])
+redis.call('PEXPIRE', Q, ARGV[5])
+redis.call('PEXPIRE', X, ARGV[5])
 finish()
 return missing

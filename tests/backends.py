@@ -55,3 +55,12 @@ def redis_backend(tmp_path_factory: Any) -> Iterator[str]:
 
 
 BACKENDS["redis"] = redis_backend
+
+
+# -- file:// (a fresh directory per use) ----------------------------------------------------------------
+@contextlib.contextmanager
+def file_backend(tmp_path_factory: Any) -> Iterator[str]:
+    yield "file://" + str(tmp_path_factory.mktemp("file-backend"))
+
+
+BACKENDS["file"] = file_backend

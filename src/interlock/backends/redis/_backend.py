@@ -160,6 +160,7 @@ class RedisChannel(Channel):
         self._cells: dict[str, _Cell] = {}
         self._poll_at: float | None = None
         self._owned = kind != "semaphore"
+        self._local_only = False  # the server said every holder is ours (set while we queue)
 
     # -- acquire -----------------------------------------------------------------------------------
     def acquire(self, permits: int, timeout: float | None, blocking: bool, owner: Any, site: Any, mode: str,
@@ -193,8 +194,10 @@ class RedisChannel(Channel):
             b._ensure_subscribed()
             cell = _Cell(self, rid, loop)
             b._register(cell)  # before sending: the grant message may overtake the reply
-        args = (rid, b.sid, permits, _MODE[mode], ("b" if may_wait else "") + ("f" if fair else ""),
-                b.ttl_ms, b._info(owner))
+        flags = ("b" if may_wait else "") + ("f" if fair else "")
+        if may_wait and self._owned and self._leases:
+            flags += "o"  # ask whether every holder is ours: then a self-deadlock can be reported
+        args = (rid, b.sid, permits, _MODE[mode], flags, b.ttl_ms, b._info(owner))
         if cell is not None:
             cell.args = args
         call = _Call(S.ACQUIRE, self.target, args, deadline if deadline is not None else now + b.opts.ttl)
@@ -228,9 +231,12 @@ class RedisChannel(Channel):
         assert cell is not None
         cell.confirmed = sent
         b._schedule_poll(self, int(r[1]))
+        # While we queue (FIFO), the set of holders can only shrink: if it was all ours, it stays so.
+        self._local_only = len(r) > 2 and r[2] == 1
         try:
             deadlock.enter_wait(owner, self)
         except BaseException:
+            self._local_only = False
             b._withdraw(cell)
             yield _Call(S.CANCEL, self.target, (rid, "r"), _monotonic() + b.opts.ttl)
             raise
@@ -242,6 +248,7 @@ class RedisChannel(Channel):
             raise
         finally:
             deadlock.leave_wait(owner)
+            self._local_only = False
         if not got and b._withdraw(cell):
             r = yield _Call(S.CANCEL, self.target, (rid, "k"), _monotonic() + b.opts.ttl)
             if r[0] == 2:  # granted just before the cancel arrived: keep it
@@ -400,6 +407,8 @@ class RedisChannel(Channel):
     def has_remote_holders(self) -> bool:
         # An exclusive grant held here excludes every other holder: then the wait-for graph of this
         # process is complete for this primitive and self-deadlocks can be reported.
+        if self._local_only:
+            return False
         return not any(lease.mode == "exclusive" and lease._state == HELD for lease in list(self._leases.values()))
 
     def locked(self) -> bool:

@@ -2,8 +2,10 @@
 -- KEYS: see prelude.lua
 -- ARGV[6] request id, ARGV[7] sid (the process's grant channel suffix), ARGV[8] permits,
 -- ARGV[9] mode ("x" exclusive, "s" shared, "p" permits), ARGV[10] flags ("b" queue if not
--- grantable now, "f" fair: do not pass queued waiters), ARGV[11] lease ttl ms, ARGV[12] info
--- Reply: {1, token, died} granted | {0, next_check_ms} queued | {2} would block
+-- grantable now, "f" fair: do not pass queued waiters, "o" report whether every holder is this
+-- process's: for deadlock detection), ARGV[11] lease ttl ms, ARGV[12] info
+-- Reply: {1, token, died} granted | {0, next_check_ms, all holders are ours (1/0)} queued
+--        | {2} would block
 --        | {-1, kind, capacity, bounded} capacity mismatch
 local sid, p, md, flags = ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10]
 local ttl, info = tonumber(ARGV[11]), ARGV[12]
@@ -43,4 +45,13 @@ redis.call('PEXPIRE', Q, ARGV[5])
 redis.call('PEXPIRE', X, ARGV[5])
 finish()
 if meta[1] then redis.call('PEXPIRE', M, ARGV[5]) end
-return {0, next_check()}
+local mine = 0
+if string.find(flags, 'o', 1, true) then
+  mine = 1
+  local all = redis.call('HGETALL', M)
+  for i = 1, #all, 2 do
+    local f = all[i]
+    if string.sub(f, 1, 1) == 'h' and string.sub(all[i + 1], 1, #sid + 1) ~= sid .. '|' then mine = 0 end
+  end
+end
+return {0, next_check(), mine}

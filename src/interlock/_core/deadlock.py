@@ -40,6 +40,10 @@ def _hopeless(origin: Any, ch: Channel, path: list[tuple[Any, Channel]], seen: s
         # pattern acquires in one thread and releases in another), so a wait on one is never hopeless.
         return False
     holders = ch.local_holder_owners()
+    if any(h is origin for h in holders):
+        # Locks and RW locks grant in FIFO order, so a blocked request is served only after every
+        # current holder has released; the waiter is one of them, so no remote holder can help.
+        return True
     if not holders or ch.has_remote_holders():
         return False
     for h in holders:

@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("redis", minversion="5")
 
-from interlock.testing.servers import RedisServer  # noqa: E402
-from redis_backend.helpers import Child, new_prefix  # noqa: E402
+from interlock.testing.servers import RedisServer
+from redis_backend.helpers import Child, new_prefix
 
 
 @pytest.fixture(scope="session")

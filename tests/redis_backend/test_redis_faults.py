@@ -17,7 +17,6 @@ from interlock.testing.fenced import FencedStore
 from interlock.testing.history import Recorder, check, check_liveness
 from interlock.testing.proxy import FaultProxy
 from interlock.testing.servers import RedisServer
-
 from redis_backend.helpers import Child, url_for
 
 pytestmark = [pytest.mark.servers, pytest.mark.fault]
@@ -158,7 +157,7 @@ def test_client_kill_at_random_points_keeps_exclusion(redis_server, prefix, seed
                     lease.release()
             except interlock.LeaseLost:
                 rec.lost(me, "ck")
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 errors.append(exc)
                 return
 

@@ -505,6 +505,13 @@ class RedisBackend(Backend):
         self._chan_lock = threading.Lock()
         self._channels: weakref.WeakValueDictionary[str, RedisChannel] = weakref.WeakValueDictionary()
         self._start()
+        try:  # parses the rest of the URL (redis-py's options) now: bad input fails before any I/O
+            _ = self.transport
+        except (ValueError, TypeError) as exc:
+            raise InvalidArgument(
+                f"bad Redis URL {self.display_url!r}: {str(exc).replace(self.url, self.display_url)}",
+                argument="url",
+            ) from None
         _backends.add(self)
 
     @classmethod
@@ -1029,7 +1036,7 @@ class RedisBackend(Backend):
         last = int(meta[4]) if meta[4] else None
         holders = []
         for i in range(0, len(hs), 3):
-            sid, p, md, tok, t, info = _split(hs[i + 1])
+            _sid, p, md, tok, t, info = _split(hs[i + 1])
             who, host, pid, cmd = _info_fields(info)
             holders.append(HolderInfo(
                 owner=who, permits=int(p), token=int(tok), mode=_MODE_NAME.get(md[:1], md),

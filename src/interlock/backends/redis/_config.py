@@ -134,5 +134,9 @@ def parse_options(url: str) -> RedisOptions:
             raise InvalidArgument(f"max_connections={raw!r} must be a whole number 1..10000",
                                   argument="max_connections")
         kw["max_connections"] = int(raw)
-    redis_url = urlunsplit((scheme, parts.netloc, parts.path, urlencode(kept), parts.fragment))
+    if scheme == "unix":  # urlunsplit drops the "//" of an empty authority
+        query = urlencode(kept)
+        redis_url = f"unix://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
+    else:
+        redis_url = urlunsplit((scheme, parts.netloc, parts.path, urlencode(kept), parts.fragment))
     return RedisOptions(redis_url=redis_url, display_url=redact_url(url), **kw)

@@ -66,14 +66,45 @@ class MemoryChannel(Channel):
         self._last_token: int | None = None
         self._owned = kind != "semaphore"
 
-    # -- fast path helpers -------------------------------------------------------------------------
+    # -- granting ----------------------------------------------------------------------------------
     def _grant_locked(self, permits: int, owner: Any, site: Any, mode: str) -> Lease:
-        token = next(_tokens)
-        self._last_token = token
-        lease = Lease(self, token, permits, owner, site, mode, self._prev_died)
-        self._prev_died = False
-        self.holders[token] = (owner, permits, lease.acquired_at, mode)
+        """Make a grant (caller holds _mutex and has already taken ``permits`` from ``available``).
+
+        This is most of the cost of an uncontended pair, hence ``Lease.__new__`` and plain stores
+        instead of ``Lease.__init__`` (rare fields keep their class-level defaults)."""
+        self._last_token = token = next(_tokens)
+        lease = _new_lease(Lease)
+        lease._channel = self
+        lease.token = token
+        lease.permits = permits
+        lease.owner = owner
+        lease._site = site
+        lease.mode = mode
+        lease.acquired_at = at = _monotonic()
+        if self._prev_died:
+            lease.previous_owner_died = True
+            self._prev_died = False
+        self.holders[token] = (owner, permits, at, mode)
         return lease
+
+    def _try_grant(self, permits: int, owner: Any, site: Any, mode: str, fair: bool) -> Lease | None:
+        """Grant at once if the permits are free and (fair mode) nobody queues; else None."""
+        mutex = self._mutex
+        mutex.acquire()
+        try:
+            if self.available >= permits and (not self.waiters or not fair):
+                self.available -= permits
+                return self._grant_locked(permits, owner, site, mode)
+            return None
+        finally:
+            mutex.release()
+
+    def _check_wait(self, permits: int, blocking: bool, timeout: float | None) -> None:
+        """About to queue (caller holds _mutex): refuse waits that can never or must not happen."""
+        self._doomed(permits)
+        if not blocking or timeout == 0:
+            raise WouldBlock(f"{self.describe()} cannot grant {permits} permit(s) now", name=self.name,
+                             permits=permits)
 
     @staticmethod
     def _track_task(lease: Lease) -> None:
@@ -138,75 +169,16 @@ class MemoryChannel(Channel):
         self, permits: int, timeout: float | None, blocking: bool, owner: Any, site: Any, mode: str,
         fair: bool = True,
     ) -> Lease:
-        mutex = self._mutex
-        mutex.acquire()
-        try:
-            if self.available >= permits and (not self.waiters or not fair):
-                # Fast path, inlined on purpose (it is most of the cost of an uncontended pair).
-                self.available -= permits
-                self._last_token = token = next(_tokens)
-                lease = _new_lease(Lease)
-                lease._channel = self
-                lease.token = token
-                lease.permits = permits
-                lease.owner = owner
-                lease._site = site
-                lease.mode = mode
-                lease.acquired_at = at = _monotonic()
-                if self._prev_died:
-                    lease.previous_owner_died = True
-                    self._prev_died = False
-                self.holders[token] = (owner, permits, at, mode)
-            else:
-                lease = None
-        finally:
-            mutex.release()
+        lease = self._try_grant(permits, owner, site, mode, fair)
         if lease is not None:
             return lease
-        return self._acquire_slow(permits, timeout, blocking, owner, site, mode)
-
-    release_never_blocks = True
-
-    def acquire_nowait(self, permits: int, owner: Any, site: Any, mode: str, fair: bool) -> Lease | None:
         mutex = self._mutex
         mutex.acquire()
         try:
-            if self.available >= permits and (not self.waiters or not fair):
-                self.available -= permits
-                self._last_token = token = next(_tokens)
-                lease = _new_lease(Lease)
-                lease._channel = self
-                lease.token = token
-                lease.permits = permits
-                lease.owner = owner
-                lease._site = site
-                lease.mode = mode
-                lease.acquired_at = at = _monotonic()
-                if self._prev_died:
-                    lease.previous_owner_died = True
-                    self._prev_died = False
-                self.holders[token] = (owner, permits, at, mode)
-            else:
-                return None
-        finally:
-            mutex.release()
-        if self._owned:
-            self._track_task(lease)
-        return lease
-
-    def _acquire_slow(self, permits: int, timeout: float | None, blocking: bool, owner: Any, site: Any,
-                      mode: str) -> Lease:
-        mutex = self._mutex
-        mutex.acquire()
-        try:
-            if self.available >= permits and not self.waiters:  # freed meanwhile
+            if self.available >= permits and (not self.waiters or not fair):  # freed meanwhile
                 self.available -= permits
                 return self._grant_locked(permits, owner, site, mode)
-            self._doomed(permits)
-            if not blocking or timeout == 0:
-                raise WouldBlock(
-                    f"{self.describe()} cannot grant {permits} permit(s) now", name=self.name, permits=permits
-                )
+            self._check_wait(permits, blocking, timeout)
             if _get_running_loop() is not None:
                 raise BlockingCallInEventLoop(
                     f"blocking acquire of {self.describe()} on a thread whose event loop is running would "
@@ -218,6 +190,14 @@ class MemoryChannel(Channel):
         finally:
             mutex.release()
         return self._wait_thread(w, timeout)
+
+    release_never_blocks = True
+
+    def acquire_nowait(self, permits: int, owner: Any, site: Any, mode: str, fair: bool) -> Lease | None:
+        lease = self._try_grant(permits, owner, site, mode, fair)
+        if lease is not None and self._owned:
+            self._track_task(lease)
+        return lease
 
     def _wait_thread(self, w: ThreadWaiter, timeout: float | None) -> Lease:
         owner = w.owner
@@ -268,37 +248,26 @@ class MemoryChannel(Channel):
         self, permits: int, timeout: float | None, blocking: bool, owner: Any, site: Any, mode: str,
         fair: bool = True,
     ) -> Lease:
+        lease = self.acquire_nowait(permits, owner, site, mode, fair)
+        if lease is not None:
+            return lease
         mutex = self._mutex
         mutex.acquire()
         try:
-            if self.available >= permits and (not self.waiters or not fair):
+            if self.available >= permits and (not self.waiters or not fair):  # freed meanwhile
                 self.available -= permits
-                self._last_token = token = next(_tokens)
-                lease = _new_lease(Lease)
-                lease._channel = self
-                lease.token = token
-                lease.permits = permits
-                lease.owner = owner
-                lease._site = site
-                lease.mode = mode
-                lease.acquired_at = at = _monotonic()
-                if self._prev_died:
-                    lease.previous_owner_died = True
-                    self._prev_died = False
-                self.holders[token] = (owner, permits, at, mode)
-                if self._owned:
-                    self._track_task(lease)
-                return lease
-            self._doomed(permits)
-            if not blocking or timeout == 0:
-                raise WouldBlock(
-                    f"{self.describe()} cannot grant {permits} permit(s) now", name=self.name, permits=permits
-                )
-            loop = asyncio.get_running_loop()
-            w = TaskWaiter(permits, owner, site, mode, loop)
-            self.waiters.append(w)
+                lease = self._grant_locked(permits, owner, site, mode)
+            else:
+                self._check_wait(permits, blocking, timeout)
+                loop = asyncio.get_running_loop()
+                w = TaskWaiter(permits, owner, site, mode, loop)
+                self.waiters.append(w)
         finally:
             mutex.release()
+        if lease is not None:
+            if self._owned:
+                self._track_task(lease)
+            return lease
         return await self._wait_task(w, timeout, loop)
 
     async def _wait_task(self, w: TaskWaiter, timeout: float | None, loop: asyncio.AbstractEventLoop) -> Lease:

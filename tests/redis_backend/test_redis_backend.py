@@ -15,7 +15,6 @@ import interlock
 from interlock.backends.redis import RedisBackend
 from interlock.testing.history import Recorder, check, check_fifo
 from interlock.testing.servers import AclUser, RedisCluster, RedisServer
-
 from redis_backend.helpers import url_for
 
 pytestmark = pytest.mark.servers

@@ -10,6 +10,7 @@ that its predecessor died (``Lease.previous_owner_died``).
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,10 @@ class _ThreadEndGuard:
 
     def __del__(self) -> None:
         self.owner.alive = False
+        if sys.is_finalizing():
+            # Interpreter shutdown: starting the reaper thread now would hang, and every grant of this
+            # process ends with it anyway (in-process state vanishes; other backends see the process die).
+            return
         reaper.owner_ended(self.owner)
 
 
@@ -80,11 +85,17 @@ def _make_current_task() -> Any:
     import asyncio.tasks as _tasks
 
     table = getattr(_tasks, "_current_tasks", None)
-    builtin = type(len)
-    if isinstance(asyncio.current_task, builtin) or not isinstance(table, dict):
-        return asyncio.current_task
-    get = table.get
     running = asyncio._get_running_loop
+    if isinstance(asyncio.current_task, type(len)) or not isinstance(table, dict):
+        builtin = asyncio.current_task
+
+        def current_task_builtin() -> asyncio.Task[Any] | None:
+            # The C current_task() raises without a running loop; callers want None there.
+            loop = running()
+            return None if loop is None else builtin(loop)
+
+        return current_task_builtin
+    get = table.get
 
     def current_task() -> asyncio.Task[Any] | None:
         return get(running())

@@ -9,8 +9,10 @@ that performs the release. ``SimpleQueue.put`` is safe to call from finalizers.
 
 from __future__ import annotations
 
+import atexit
 import os
 import queue
+import sys
 import threading
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -19,6 +21,9 @@ if TYPE_CHECKING:
     from .._lease import Lease
 
 _queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+# Set at interpreter exit: from then on no helper thread may be started (Thread.start() can hang during
+# finalization), and every grant of this process ends with it anyway.
+_closing = False
 _thread: threading.Thread | None = None
 _start_lock = threading.Lock()
 
@@ -68,14 +73,24 @@ def abandon(lease: Lease, why: str) -> None:
     ``previous_owner_died``. Never blocks."""
     if not lease._mark_abandoned(why):
         return
-    if lease._channel.try_release_abandoned(lease):
+    if lease._channel.try_release_abandoned(lease) or _closing or sys.is_finalizing():
         return
     _ensure_thread()
     _queue.put(lease)
 
 
+def _on_exit() -> None:
+    global _closing
+    _closing = True
+
+
+atexit.register(_on_exit)
+
+
 def owner_ended(owner: Any) -> None:
     """A thread ended: reclaim the owned grants it still holds (from the reaper thread). Never blocks."""
+    if _closing or sys.is_finalizing():
+        return
     _ensure_thread()
     _queue.put(("owner", owner))
 

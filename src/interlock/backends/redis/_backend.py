@@ -1124,12 +1124,6 @@ def _release_at_exit() -> None:
     for b in list(_backends):
         b._stopping = True
         b._release_all_at_exit()
-    # Workaround (core): when the main thread's owner record is finalized during interpreter shutdown,
-    # reaper.owner_ended() starts the reaper thread, and Thread.start() never returns at that point (the
-    # process hangs at exit). Reclaiming a thread's grants is moot once the process exits: skip it.
-    from ..._core import reaper
-
-    reaper.owner_ended = lambda owner: None
 
 
 if hasattr(os, "register_at_fork"):

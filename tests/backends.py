@@ -71,7 +71,12 @@ BACKENDS["valkey"] = valkey_backend
 # -- file:// (a fresh directory per use) ----------------------------------------------------------------
 @contextlib.contextmanager
 def file_backend(tmp_path_factory: Any) -> Iterator[str]:
-    yield "file://" + str(tmp_path_factory.mktemp("file-backend"))
+    url = "file://" + str(tmp_path_factory.mktemp("file-backend"))
+    yield url
+    # Processes that died in the test leave wake-up semaphores in /dev/shm: remove what is provably dead.
+    from interlock.backends.file import FileBackend
+
+    FileBackend(url).sweep()
 
 
 BACKENDS["file"] = file_backend

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import fcntl
 import itertools
 import os
+import socket
+import sys
 import threading
 import time
 import weakref
@@ -16,8 +19,19 @@ from ..._spi import Backend, HolderInfo, Statistics, WaiterInfo
 from ..._validate import check_name
 from ._channel import FileChannel, Wait
 from ._paths import NAMES, O_CLOEXEC, O_NOFOLLOW, PROCS, name_file, open_base, open_subdir, parse_url
-from ._proc import Addresser, ProcessRecord, Waker, WakeSocket, probe_alive, read_info, remove_files, sweep
-from ._state import MODE_NAMES, PREV_DIED, Snapshot, StateFile, decode_label, read_file
+from ._proc import (
+    MBOX_SLOTS,
+    Addresser,
+    ProcessRecord,
+    SemSlot,
+    Waker,
+    WakeSocket,
+    probe_alive,
+    read_info,
+    remove_files,
+    sweep,
+)
+from ._state import GRANT, MODE_NAMES, PREV_DIED, Snapshot, StateFile, decode_label, read_file
 from ._watch import Watcher
 
 _backends: weakref.WeakSet[FileBackend] = weakref.WeakSet()
@@ -51,7 +65,33 @@ class LoopHub:
         self._resolve(w)
 
     def _on_readable(self) -> None:
-        self.sock.drain()
+        recv = self.sock.sock.recv
+        waiters = self.waiters
+        n = 0
+        look = False
+        while True:
+            try:
+                data = recv(64, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                look = True
+                break
+            n += 1
+            if len(data) == GRANT.size:
+                wid, token, permits, mode = GRANT.unpack(data)
+                w = waiters.get(wid)
+                if w is not None and w.grant is None and not w.done:
+                    w.grant = (token, permits, mode & 0x7F, bool(mode & PREV_DIED))
+                    self._resolve(w)
+                continue
+            look = True  # a refresh or a stray datagram
+        # A full queue may have refused a datagram (its sender retries from a helper thread), and a
+        # refresh asks for a look: then read the state for every waiter of this loop.
+        if look or n >= 8:
+            self._look()
+
+    def _look(self) -> None:
         by_channel: dict[FileChannel, list[Wait]] = {}
         for w in self.waiters.values():
             if w.grant is None and not w.done:
@@ -116,8 +156,9 @@ class FileBackend(Backend):
         self.waker = Waker(self._addresser)
         self._proc: ProcessRecord | None = None
         self._channels: weakref.WeakValueDictionary[str, FileChannel] = weakref.WeakValueDictionary()
-        self._pool: list[WakeSocket] = []
+        self._pool: list[SemSlot | WakeSocket] = []
         self._sock_numbers = itertools.count(1)
+        self._slot_numbers = itertools.count(0)
         self._watcher: Watcher | None = None
         self._hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopHub] = weakref.WeakKeyDictionary()
         self._infos: dict[int, dict[str, Any]] = {}
@@ -133,7 +174,15 @@ class FileBackend(Backend):
                 if p is None:
                     p = self._proc = ProcessRecord(self._procs_fd)
                     sweep(self._procs_fd, p.id)
+                    _exit_hook_for_multiprocessing(p.id)
         return p.id
+
+    def sweep(self) -> None:
+        """Remove the files (and named semaphores) of every process of this directory that is provably
+        dead. Runs by itself when a process joins the directory; call it before deleting a directory
+        that short-lived processes used, so that nothing of theirs is left in /dev/shm."""
+        p = self._proc
+        sweep(self._procs_fd, p.id if p is not None else 0, limit=1 << 30)
 
     def dead_among(self, procs: set[int]) -> set[int]:
         return {p for p in procs if not probe_alive(self._procs_fd, p)}
@@ -156,16 +205,27 @@ class FileBackend(Backend):
     def new_socket(self) -> WakeSocket:
         return WakeSocket(self._addresser, self.proc_id(), next(self._sock_numbers))
 
-    def take_socket(self) -> WakeSocket:
-        """A socket for one waiting thread (pooled: the number of sockets is the number of threads that
-        wait at the same time, not the number of waits)."""
+    def take_slot(self) -> SemSlot | WakeSocket:
+        """A wake-up slot for one waiting thread: a futex (named semaphore) where available, else a
+        socket. Pooled: their number is the number of threads that wait at the same time."""
         try:
             return self._pool.pop()
         except IndexError:
-            return self.new_socket()
+            pass
+        proc = self._proc
+        if proc is None:
+            self.proc_id()
+            proc = self._proc
+            assert proc is not None
+        if proc.mbox is not None:
+            index = next(self._slot_numbers)
+            if index < MBOX_SLOTS:
+                return SemSlot(proc, index)
+        return self.new_socket()
 
-    def give_socket(self, ws: WakeSocket) -> None:
-        ws.drain()
+    def give_slot(self, ws: SemSlot | WakeSocket) -> None:
+        if isinstance(ws, SemSlot):
+            ws.drain()  # cheap; a stale datagram on a socket only costs a later waiter one look
         self._pool.append(ws)
 
     def drop_socket(self, ws: WakeSocket) -> None:
@@ -295,12 +355,13 @@ class FileBackend(Backend):
             watcher.close_inherited()
         pool, self._pool = self._pool, []
         for ws in pool:
-            ws.close()  # the parent's sockets: close our copies, never unlink the parent's files
+            ws.close()  # the parent's slots: close our copies, never unlink the parent's names
         hubs = list(self._hubs.values())
         self._hubs = weakref.WeakKeyDictionary()
         for hub in hubs:
             hub.sock.close()
         self._infos = {}
+        self.waker.after_fork_in_child()
         for ch in list(self._channels.values()):
             ch.after_fork_in_child()
 
@@ -309,7 +370,37 @@ class FileBackend(Backend):
         with self._lock:
             pool, self._pool = self._pool, []
         for ws in pool:
-            self.drop_socket(ws)
+            if isinstance(ws, WakeSocket):
+                self.drop_socket(ws)
+            else:
+                ws.close()
+
+
+def _at_exit() -> None:
+    # Named semaphores live outside the directory (/dev/shm): remove this process's at exit. (Its other
+    # files stay: holders may still run in daemon threads; the next sweep proves the death and removes
+    # them. A process that dies without exiting gets its semaphores removed by that sweep too.)
+    from ._proc import unlink_semaphores
+
+    for b in list(_backends):
+        p = b._proc
+        if p is not None:
+            unlink_semaphores(p.id)
+
+
+atexit.register(_at_exit)
+
+
+def _exit_hook_for_multiprocessing(proc: int) -> None:
+    """multiprocessing's children leave through os._exit (no atexit) but run its finalizers first."""
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        from ._proc import unlink_semaphores
+
+        try:
+            util.Finalize(None, unlink_semaphores, args=(proc,), exitpriority=0)
+        except Exception:
+            pass
 
 
 def _after_fork_in_child() -> None:

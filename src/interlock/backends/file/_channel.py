@@ -25,6 +25,7 @@ import fcntl
 import itertools
 import time
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..._core import deadlock
@@ -33,7 +34,7 @@ from ..._errors import AcquireTimeout, BlockingCallInEventLoop, InvalidArgument,
 from ..._lease import Lease
 from ..._spi import Channel, Statistics
 from ._paths import encode_name
-from ._state import MODES, StateFile, Wake, encode_label
+from ._state import GRANT, MODES, PREV_DIED, StateFile, Wake, encode_label
 
 _flock = fcntl.flock
 _LOCK_EX = fcntl.LOCK_EX
@@ -46,7 +47,8 @@ _new_lease = Lease.__new__
 _get_running_loop = asyncio._get_running_loop
 _ref = weakref.ref
 _wids = itertools.count(1)  # waiter ids, unique within this process (the process id tells processes apart)
-_EXCLUSIVE = "exclusive"
+_GRANT_SIZE = GRANT.size
+_GRANT_UNPACK = GRANT.unpack
 
 _labels: dict[str, bytes] = {}
 
@@ -70,8 +72,8 @@ def _label(owner: Any) -> bytes:
 class Wait:
     """One queued acquire of this process (a thread or a task)."""
 
-    __slots__ = ("ch", "done", "fut", "grant", "mode", "owner", "peers", "permits", "site", "sock", "ticket",
-                 "timed_out", "wid")
+    __slots__ = ("ch", "done", "fut", "grant", "mode", "owner", "peers", "permits", "site", "slot", "sock",
+                 "ticket", "timed_out", "wid")
 
     def __init__(self, ch: FileChannel, permits: int, mode: str, owner: Any, site: Any, sock: int) -> None:
         self.ch = ch
@@ -89,6 +91,7 @@ class Wait:
         self.grant: tuple[int, int, int, bool] | None = None
         self.timed_out = False
         self.fut: asyncio.Future[None] | None = None
+        self.slot: Any = None  # a blocking thread's wake-up slot (SemSlot or WakeSocket)
 
 
 def _on_task_done(lease: Lease, task: asyncio.Task[Any]) -> None:
@@ -169,9 +172,12 @@ class FileChannel(Channel):
         return sf
 
     def _send(self, wakes: list[Wake]) -> None:
+        """Deliver grants. Always called with the file lock held, right after the commit: a waiter can
+        then observe its grant (in the state, or in its mailbox) only once the delivery is complete, so
+        no delivery can land in a wake-up slot after its waiter moved on."""
         wake = self.backend.waker.wake
-        for proc, n in wakes:
-            wake(proc, n)
+        for proc, n, payload in wakes:
+            wake(proc, n, payload)
 
     # -- grants --------------------------------------------------------------------------------------
     def _lease_locked(self, token: int, permits: int, owner: Any, site: Any, mode: str, prev: bool) -> Lease:
@@ -256,29 +262,32 @@ class FileChannel(Channel):
         self, permits: int, timeout: float | None, blocking: bool, owner: Any, site: Any, mode: str,
         fair: bool = True,
     ) -> Lease:
-        lease = self._fast(permits, owner, site, mode, fair)
-        if lease is not None:
-            return lease
-        self._doomed(permits)
         if not blocking or timeout == 0:
+            lease = self._fast(permits, owner, site, mode, fair)
+            if lease is not None:
+                return lease
+            self._doomed(permits)
             lease = self._try_after_reclaim(permits, owner, site, mode, fair)
             if lease is not None:
                 return lease
             raise self._would_block(permits)
-        if _get_running_loop() is not None:
+        self._doomed(permits)  # a pure check: more than the capacity can never be granted
+        # One locked section grants or enqueues (no failed fast attempt first: under contention that
+        # would cost a second round of locks per acquire).
+        w = Wait(self, permits, mode, owner, site, 0)
+        lease = self._grant_or_enqueue(w, fair, self.backend.take_slot)
+        if lease is not None:
+            return lease
+        slot = w.slot
+        if slot is None:
             raise BlockingCallInEventLoop(
                 f"blocking acquire of {self.describe()} on a thread whose event loop is running would "
                 "deadlock it; use 'async with' or 'await acquire_async()' instead", name=self.name,
             )
-        ws = self.backend.take_socket()
         try:
-            w = Wait(self, permits, mode, owner, site, ws.n)
-            lease = self._grant_or_enqueue(w, fair)
-            if lease is not None:
-                return lease
-            return self._wait_thread(w, ws, timeout)
+            return self._wait_thread(w, slot, timeout)
         finally:
-            self.backend.give_socket(ws)
+            self.backend.give_slot(slot)
 
     def acquire_nowait(self, permits: int, owner: Any, site: Any, mode: str, fair: bool) -> Lease | None:
         lease = self._fast(permits, owner, site, mode, fair)
@@ -315,10 +324,13 @@ class FileChannel(Channel):
             return self._fast(permits, owner, site, mode, fair)
         return None
 
-    def _grant_or_enqueue(self, w: Wait, fair: bool) -> Lease | None:
-        """Grant now if possible (permits freed since the fast path), else join the queue."""
+    def _grant_or_enqueue(self, w: Wait, fair: bool, get_slot: Callable[[], Any] | None = None) -> Lease | None:
+        """Grant now if possible, else join the queue. With ``get_slot`` (a blocking thread), the wake-up
+        slot is taken only when needed, and a thread running an event loop is not enqueued (``w.slot``
+        stays None: the caller raises)."""
         mode = MODES[w.mode]
         label = _label(w.owner)
+        peers: set[int] = set()
         with self._mutex:
             sf = self._state()
             proc = self._proc
@@ -327,12 +339,21 @@ class FileChannel(Channel):
                 now = _monotonic()
                 r = sf.grant_fast_locked(w.permits, fair, proc, mode, label, now)
                 if r is None:
+                    if get_slot is not None:
+                        if _get_running_loop() is not None:
+                            return None
+                        w.slot = get_slot()
+                        w.sock = w.slot.n
                     w.ticket, peers = sf.enqueue_locked(w.permits, proc, w.wid, w.sock, mode, label, now)
             finally:
                 sf.unlock()
             if r is not None:
                 w.done = True
-                return self._lease_locked(r[0], w.permits, w.owner, w.site, w.mode, r[1])
+                lease = self._lease_locked(r[0], w.permits, w.owner, w.site, w.mode, r[1])
+        if r is not None:
+            if r[2]:
+                self._refresh_waiters()
+            return lease
         peers.discard(proc)
         w.peers = peers
         return None
@@ -363,13 +384,13 @@ class FileChannel(Channel):
                 found, wakes = sf.withdraw_locked(w.ticket, _monotonic())
                 if not found:
                     grant = sf.find_grant_locked(proc, w.wid)
+                self._send(wakes)
             finally:
                 sf.unlock()
             w.done = True
             lease = None
             if grant is not None:
                 lease = self._lease_locked(grant[0], grant[1], w.owner, w.site, w.mode, grant[3])
-        self._send(wakes)
         return lease
 
     def _abandon_wait(self, w: Wait) -> None:
@@ -386,10 +407,10 @@ class FileChannel(Channel):
                     grant = sf.find_grant_locked(proc, w.wid)
                     if grant is not None:
                         _, wakes = sf.release_locked(grant[0], proc, None, False, now)
+                self._send(wakes)
             finally:
                 sf.unlock()
             w.done = True
-        self._send(wakes)
 
     def grants_for(self, waits: list[Wait]) -> dict[int, tuple[int, int, int, bool]]:
         """Which of these waiters (of one event loop) have been granted: wid -> grant."""
@@ -404,21 +425,26 @@ class FileChannel(Channel):
     # -- sleeping ------------------------------------------------------------------------------------
     def _wait_thread(self, w: Wait, ws: Any, timeout: float | None) -> Lease:
         owner = w.owner
+        # Semaphore permits are not owned, so a wait on one is never hopeless: skip the wait-for graph.
+        graph = self._owned
         try:
-            deadlock.enter_wait(owner, self)
+            if graph:
+                deadlock.enter_wait(owner, self)
         except BaseException:
             self._abandon_wait(w)
             raise
         try:
             deadline = None if timeout is None else _monotonic() + timeout
             self._watch(w.peers)
-            poll = ws.poller.poll
+            wait = ws.wait
             while True:
+                data: bytes | None
                 if deadline is None:
-                    poll()
+                    data = wait(None)  # sleeps in the kernel: a futex (or a socket) of this thread
                 else:
                     left = deadline - _monotonic()
-                    if left <= 0 or not poll(int(left * 1000) + 1):
+                    data = wait(left) if left > 0 else None
+                    if data is None:
                         if _monotonic() < deadline:
                             continue
                         lease = self._cancel(w)
@@ -428,23 +454,45 @@ class FileChannel(Channel):
                                 f"{self.describe()}", name=self.name, permits=w.permits, timeout=timeout,
                             )
                         return lease
-                ws.drain()
+                if len(data) == _GRANT_SIZE:
+                    wid, token, permits, mode = _GRANT_UNPACK(data)
+                    if wid == w.wid:
+                        # The datagram is the grant (it names this wait's unique id): no second look at
+                        # the state, no lock. Only this process can release it from here on.
+                        w.done = True
+                        lease = _new_lease(Lease)
+                        lease._channel = self
+                        lease.token = token
+                        lease.permits = permits
+                        lease.owner = w.owner
+                        lease._site = w.site
+                        lease.mode = w.mode
+                        lease.acquired_at = at = _monotonic()
+                        if mode & PREV_DIED:
+                            lease.previous_owner_died = True
+                        self._local[token] = (w.owner, permits, w.mode, at, _ref(lease))
+                        return lease
+                # Anything else (a refresh, a stale wake-up of an earlier wait on this slot) means: look
+                # at the state, in case a grant's datagram was lost; then watch any new holder.
                 lease = self._take_grant(w)
                 if lease is not None:
                     return lease
-                self.rewatch()  # not granted: a barging holder to watch, or a stray datagram
+                self.rewatch()
         except BaseException:
             if not w.done:
                 self._abandon_wait(w)
             raise
         finally:
-            deadlock.leave_wait(owner)
+            if graph:
+                deadlock.leave_wait(owner)
 
     async def _wait_task(self, w: Wait, hub: LoopHub, timeout: float | None,
                          loop: asyncio.AbstractEventLoop) -> Lease:
         owner = w.owner
+        graph = self._owned
         try:
-            deadlock.enter_wait(owner, self)
+            if graph:
+                deadlock.enter_wait(owner, self)
         except BaseException:
             self._abandon_wait(w)
             raise
@@ -476,7 +524,8 @@ class FileChannel(Channel):
             raise
         finally:
             hub.remove(w)
-            deadlock.leave_wait(owner)
+            if graph:
+                deadlock.leave_wait(owner)
             if timer is not None:
                 timer.cancel()
 
@@ -506,10 +555,9 @@ class FileChannel(Channel):
             sf = self._state()
             sf.lock()
             try:
-                wakes = sf.waiter_wakes_locked()
+                self._send(sf.waiter_wakes_locked())
             finally:
                 sf.unlock()
-        self._send(wakes)
 
     def reclaim_dead(self, dead: set[int]) -> int:
         """Remove every record of processes proved dead; their permits go to the next waiters."""
@@ -518,9 +566,9 @@ class FileChannel(Channel):
             sf.lock()
             try:
                 removed, wakes = sf.reclaim_locked(dead, _monotonic())
+                self._send(wakes)
             finally:
                 sf.unlock()
-        self._send(wakes)
         return removed
 
     def _reclaim_provably_dead(self) -> bool:
@@ -553,9 +601,9 @@ class FileChannel(Channel):
             sf.lock()
             try:
                 _, wakes = sf.reclaim_locked(set(), _monotonic(), self._proc, toks)
+                self._send(wakes)
             finally:
                 sf.unlock()
-        self._send(wakes)
 
     # -- release -------------------------------------------------------------------------------------
     def _release_locked(self, lease: Lease, permits: int, abandoned: bool, blocking: bool) -> list[Wake] | None:
@@ -572,6 +620,7 @@ class FileChannel(Channel):
             return None
         try:
             _, wakes = sf.release_locked(token, self._proc, permits, abandoned, _monotonic())
+            self._send(wakes)
         finally:
             sf.unlock()
         if permits < rec[1]:
@@ -593,7 +642,12 @@ class FileChannel(Channel):
             fd = sf.fd
             _flock(fd, _LOCK_EX)
             try:
-                wakes = sf.release_locked(token, self._proc, permits, abandoned, _monotonic())[1]
+                wakes = sf.release_locked(token, self._proc, permits, abandoned, _monotonic(), True, True,
+                                          self._send)[1]
+                if wakes:
+                    # Wake the grantees before unlocking: they need neither lock (the datagram carries
+                    # the grant), and the handoff latency is what a waiting process feels.
+                    self._send(wakes)
             finally:
                 _flock(fd, _LOCK_UN)
             if permits < rec[1]:
@@ -602,8 +656,6 @@ class FileChannel(Channel):
                 del self._local[token]
         finally:
             mutex.release()
-        if wakes:
-            self._send(wakes)
         if lease.backend_data is not None:
             self._untrack_task(lease)
 
@@ -616,11 +668,7 @@ class FileChannel(Channel):
             wakes = self._release_locked(lease, lease.permits, True, False)
         finally:
             self._mutex.release()
-        if wakes is None:
-            return False
-        if wakes:
-            self._send(wakes)
-        return True
+        return wakes is not None
 
     def is_current(self, lease: Lease) -> bool:
         return lease.token in self._local
@@ -635,12 +683,12 @@ class FileChannel(Channel):
             sf.lock()
             try:
                 _, wakes = sf.downgrade_locked(lease.token, self._proc, _monotonic())
+                self._send(wakes)
             finally:
                 sf.unlock()
             self._local[lease.token] = (rec[0], 1, "shared", rec[3], rec[4])
             lease.permits = 1
             lease.mode = "shared"
-        self._send(wakes)
 
     def forget(self, lease: Lease) -> None:
         with self._mutex:
@@ -652,9 +700,9 @@ class FileChannel(Channel):
             try:
                 _, wakes = sf.release_locked(lease.token, self._proc, None, False, _monotonic(), forget=True,
                                              bounded=self.bounded)
+                self._send(wakes)
             finally:
                 sf.unlock()
-        self._send(wakes)
         if lease.backend_data is not None:
             self._untrack_task(lease)
 
@@ -669,10 +717,9 @@ class FileChannel(Channel):
             sf = self._state()
             sf.lock()
             try:
-                wakes = sf.signal_locked(permits, _monotonic())
+                self._send(sf.signal_locked(permits, _monotonic()))
             finally:
                 sf.unlock()
-        self._send(wakes)
 
     # -- inspection ----------------------------------------------------------------------------------
     def statistics(self) -> Statistics:

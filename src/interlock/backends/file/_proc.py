@@ -9,8 +9,14 @@
   for reading gets ``POLLHUP`` when the last writer goes away, i.e. when the process dies: death is
   pushed to waiters, nobody polls. (Linux does not report the hang-up to a reader that opened the FIFO
   after the writer was already gone, so watchers check the ``.live`` lock right after opening.)
-* ``procs/<id>-<n>.sock``: datagram sockets; a one-byte datagram means "look at the state again".
-  Wake-ups carry no authority: a woken waiter always re-reads the state under the file lock.
+* Wake-ups. A waiting thread sleeps on a futex: a named POSIX semaphore ``/interlock-<id>-<n>`` (mode
+  0600, created through the standard library's ``_multiprocessing.SemLock``, one per pooled thread
+  slot), and the granter first writes the grant (waiter id, token, permits, mode) into slot ``n`` of the
+  process's mailbox file ``procs/<id>.mbox``; ``sem_post``/``sem_wait`` order the two. An event loop
+  (which needs a file descriptor) sleeps on a datagram socket ``procs/<id>-<n>.sock`` whose datagram
+  carries the same grant. Where named semaphores are unavailable (not Linux), threads use sockets too.
+  A waiter accepts a grant only if it names its own, never reused, waiter id; anything else (a stale or
+  a "look again" wake-up) makes it re-read the state under the file lock.
 
 The id is random, not the PID, so a forked child, which must get its own identity, never collides with
 its parent.
@@ -20,16 +26,65 @@ from __future__ import annotations
 
 import fcntl
 import json
+import mmap
 import os
+import queue
 import select
 import shlex
 import socket
 import sys
+import threading
 import time
 from typing import Any
 
 from ..._errors import BackendError
 from ._paths import O_CLOEXEC, O_NOFOLLOW, O_NONBLOCK
+
+_SemLock: Any = None
+_sem_unlink: Any = None
+_SEM_MAX = 0
+try:  # named POSIX semaphores from the standard library (what multiprocessing uses to share them)
+    import importlib
+
+    _mp = importlib.import_module("_multiprocessing")
+    _SemLock = _mp.SemLock
+    _sem_unlink = _mp.sem_unlink
+    _SEM_MAX = int(_SemLock.SEM_VALUE_MAX)
+except (ImportError, AttributeError):  # pragma: no cover - platforms without sem_open
+    _SemLock = None
+
+SEM_FLAG = 0x80000000  # in a waiter record's socket field: a semaphore slot, not a socket
+MBOX_SLOTS = 4096
+MBOX_SLOT = 32
+GRANT_LEN = 25  # struct GRANT in _state
+
+
+def sem_name(proc: int, n: int) -> str:
+    return f"/interlock-{proc_hex(proc)}-{n & ~SEM_FLAG}"
+
+
+def _probe_semaphores() -> bool:
+    """Named semaphores work here (Linux: sem_timedwait is a futex wait; elsewhere CPython may emulate
+    timed waits by polling, so sockets are used instead)."""
+    if _SemLock is None or not sys.platform.startswith("linux"):
+        return False
+    name = f"/interlock-probe-{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        a = _SemLock(1, 0, _SEM_MAX, name, 0)
+        try:
+            b = _SemLock._rebuild(0, 1, _SEM_MAX, name)
+            b.release()
+            ok = bool(a.acquire(True, 1.0))
+            del b
+        finally:
+            _sem_unlink(name)
+        del a
+        return ok
+    except Exception:
+        return False
+
+
+SEMAPHORES = _probe_semaphores()
 
 _LOCK_EX = fcntl.LOCK_EX
 _LOCK_SH = fcntl.LOCK_SH
@@ -69,7 +124,16 @@ class ProcessRecord:
         self.hex = proc_hex(self.id)
         self.live_fd = -1
         self.fifo_fd = -1
+        self.mbox: mmap.mmap | None = None
         try:
+            if SEMAPHORES:
+                fd = os.open(f"{self.hex}.mbox", os.O_RDWR | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                             0o600, dir_fd=procs_fd)
+                try:
+                    os.ftruncate(fd, MBOX_SLOTS * MBOX_SLOT)
+                    self.mbox = mmap.mmap(fd, MBOX_SLOTS * MBOX_SLOT)
+                finally:
+                    os.close(fd)
             fifo = f"{self.hex}.fifo"
             os.mkfifo(fifo, 0o600, dir_fd=procs_fd)
             self.fifo_fd = os.open(fifo, os.O_RDWR | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC, dir_fd=procs_fd)
@@ -93,6 +157,9 @@ class ProcessRecord:
                 except OSError:
                     pass
         self.live_fd = self.fifo_fd = -1
+        if self.mbox is not None:
+            self.mbox.close()
+            self.mbox = None
 
 
 def probe_alive(procs_fd: int, proc: int) -> bool:
@@ -131,6 +198,24 @@ def remove_files(procs_fd: int, proc: int) -> None:
         if n.startswith(prefix):
             try:
                 os.unlink(n, dir_fd=procs_fd)
+            except OSError:
+                pass
+    unlink_semaphores(proc)
+
+
+def unlink_semaphores(proc: int) -> None:
+    """Remove the named semaphores of a process (dead, or exiting): glibc keeps them in /dev/shm."""
+    if _sem_unlink is None:
+        return
+    prefix = f"sem.interlock-{proc_hex(proc)}-"
+    try:
+        names = os.listdir("/dev/shm")
+    except OSError:
+        return
+    for n in names:
+        if n.startswith(prefix):
+            try:
+                _sem_unlink("/" + n[4:])
             except OSError:
                 pass
 
@@ -216,7 +301,8 @@ class Addresser:
 
 
 class WakeSocket:
-    """A bound, non-blocking datagram socket a waiter (a thread, or an event loop) sleeps on."""
+    """A bound datagram socket a waiter sleeps on: a thread blocks in ``recv()`` (or ``poll()`` with a
+    timeout); an event loop watches it with ``add_reader`` and reads with ``MSG_DONTWAIT``."""
 
     __slots__ = ("fd", "n", "poller", "sock")
 
@@ -229,7 +315,6 @@ class WakeSocket:
             except FileNotFoundError:
                 pass
             self.sock.bind(addresser.addr(proc, n))
-            self.sock.setblocking(False)
         except OSError as exc:
             self.sock.close()
             raise BackendError(f"cannot create a wake-up socket: {exc.strerror}") from None
@@ -237,13 +322,22 @@ class WakeSocket:
         self.poller = select.poll()
         self.poller.register(self.fd, select.POLLIN)
 
+    def wait(self, timeout: float | None) -> bytes | None:
+        """Sleep until a datagram arrives: it (possibly empty), or None after ``timeout`` seconds."""
+        if timeout is None:
+            return self.sock.recv(64)  # blocks in the kernel (a blocking socket)
+        if not self.poller.poll(int(timeout * 1000) + 1):
+            return None
+        try:
+            return self.sock.recv(64, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return b""
+
     def drain(self) -> None:
         recv = self.sock.recv
         try:
             while True:
-                recv(64)
-        except (BlockingIOError, InterruptedError):
-            return
+                recv(64, socket.MSG_DONTWAIT)
         except OSError:
             return
 
@@ -251,23 +345,159 @@ class WakeSocket:
         self.sock.close()
 
 
-class Waker:
-    """Sends wake-ups; one unbound socket per backend (``sendto`` is thread-safe)."""
+class SemSlot:
+    """A waiting thread's futex: a named semaphore plus slot ``index`` of this process's mailbox."""
 
-    def __init__(self, addresser: Addresser) -> None:
-        self.addresser = addresser
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.setblocking(False)
+    __slots__ = ("mbox", "n", "off", "sem")
 
-    def wake(self, proc: int, n: int) -> None:
+    def __init__(self, record: ProcessRecord, index: int) -> None:
+        assert _SemLock is not None and record.mbox is not None
+        self.n = SEM_FLAG | index
+        self.off = index * MBOX_SLOT
+        self.mbox = record.mbox
         try:
-            self.sock.sendto(b"\x01", self.addresser.addr(proc, n))
-        except BlockingIOError:
-            pass  # its queue is full: it has wake-ups pending already, one is enough
-        except OSError:
-            # ECONNREFUSED/ENOENT: the waiter is gone. If its process died, whoever waits behind it (or
-            # the next acquirer) proves the death and reclaims what it was given.
+            self.sem = _SemLock(1, 0, _SEM_MAX, sem_name(record.id, self.n), 0)
+        except OSError as exc:
+            raise BackendError(f"cannot create a wake-up semaphore: {exc.strerror}") from None
+
+    def wait(self, timeout: float | None) -> bytes | None:
+        """Sleep until posted: the mailbox slot's content, or None after ``timeout`` seconds."""
+        if not self.sem.acquire(True, timeout):
+            return None
+        return self.mbox[self.off:self.off + GRANT_LEN]
+
+    def drain(self) -> None:
+        while self.sem.acquire(False):
             pass
 
     def close(self) -> None:
-        self.sock.close()
+        self.sem = None  # sem_close when collected; the name is unlinked with the process's files
+
+
+class Waker:
+    """Sends wake-ups; one unbound socket per backend (``sendto`` is thread-safe).
+
+    A receiver's queue holds only a few datagrams (``net.unix.max_dgram_qlen``). A send that finds it
+    full is not dropped: it is handed to a helper thread that sends it blocking (the receiver drains its
+    queue as soon as it runs). Receivers also re-read the state whenever a datagram is not a grant for
+    them, so even a datagram that never arrives cannot strand a waiter whose queue had anything in it.
+    """
+
+    MAX_CONNECTED = 64
+
+    def __init__(self, addresser: Addresser) -> None:
+        self.addresser = addresser
+        # One socket connected to each recent destination: sending on a connected socket skips the path
+        # lookup, which costs more than the send itself when the caches are cold (a waiter that has
+        # slept). Evicted sockets are not closed here (another thread may be sending on one): the
+        # garbage collector closes them once unused.
+        self._conns: dict[tuple[int, int], socket.socket] = {}
+        self._sems: dict[tuple[int, int], Any] = {}
+        self._mboxes: dict[int, mmap.mmap] = {}
+        self._deferred: queue.SimpleQueue[tuple[str, bytes]] | None = None
+
+    def wake(self, proc: int, n: int, payload: bytes) -> None:
+        if n & SEM_FLAG:
+            self._post(proc, n, payload)
+            return
+        key = (proc, n)
+        s = self._conns.get(key)
+        if s is None:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            s.setblocking(False)
+            try:
+                s.connect(self.addresser.addr(proc, n))
+            except OSError:
+                # ECONNREFUSED/ENOENT: the waiter is gone. If its process died, whoever waits behind it
+                # (or the next acquirer) proves the death and reclaims what it was given.
+                s.close()
+                return
+            conns = self._conns
+            if len(conns) >= self.MAX_CONNECTED:
+                conns.pop(next(iter(conns)), None)
+            conns[key] = s
+        try:
+            s.send(payload)
+        except BlockingIOError:
+            self._defer(self.addresser.addr(proc, n), payload)
+        except OSError:
+            self._conns.pop(key, None)  # the receiver closed: it is gone (see above)
+
+    def _post(self, proc: int, n: int, payload: bytes) -> None:
+        key = (proc, n)
+        sem = self._sems.get(key)
+        if sem is None:
+            try:
+                sem = _SemLock._rebuild(0, 1, _SEM_MAX, sem_name(proc, n))
+            except OSError:
+                return  # gone (see wake())
+            sems = self._sems
+            if len(sems) >= self.MAX_CONNECTED:
+                sems.pop(next(iter(sems)), None)
+            sems[key] = sem
+        if payload:
+            mbox = self._mboxes.get(proc)
+            if mbox is None:
+                mbox = self._open_mbox(proc)
+            index = n & ~SEM_FLAG
+            if mbox is not None and index < MBOX_SLOTS:
+                off = index * MBOX_SLOT
+                mbox[off:off + GRANT_LEN] = payload
+        try:
+            sem.release()
+        except (OSError, ValueError):
+            pass
+
+    def _open_mbox(self, proc: int) -> mmap.mmap | None:
+        try:
+            fd = os.open(f"{proc_hex(proc)}.mbox", os.O_RDWR | O_NOFOLLOW | O_CLOEXEC,
+                         dir_fd=self.addresser.procs_fd)
+        except OSError:
+            return None  # the waiter then finds its grant by reading the state
+        try:
+            if os.fstat(fd).st_size < MBOX_SLOTS * MBOX_SLOT:
+                return None
+            mbox = mmap.mmap(fd, MBOX_SLOTS * MBOX_SLOT)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        boxes = self._mboxes
+        if len(boxes) >= self.MAX_CONNECTED:
+            boxes.pop(next(iter(boxes)), None)
+        boxes[proc] = mbox
+        return mbox
+
+    def _defer(self, addr: str, payload: bytes) -> None:
+        q = self._deferred
+        if q is None:
+            q = self._deferred = queue.SimpleQueue()
+            threading.Thread(target=self._run, args=(q,), name="interlock-file-waker", daemon=True).start()
+        q.put((addr, payload))
+
+    @staticmethod
+    def _run(q: queue.SimpleQueue[tuple[str, bytes]]) -> None:
+        from ._watch import block_async_signals
+
+        block_async_signals()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.settimeout(5.0)
+        while True:
+            addr, payload = q.get()
+            try:
+                s.sendto(payload, addr)
+            except OSError:
+                pass  # gone, or stuck for 5 s: it re-reads the state when it next wakes
+
+    def after_fork_in_child(self) -> None:
+        self._deferred = None  # the helper thread does not exist in the child
+        conns, self._conns = self._conns, {}
+        for c in conns.values():
+            c.close()
+        self._sems = {}
+        self._mboxes = {}
+
+    def close(self) -> None:
+        for c in self._conns.values():
+            c.close()
+        self._conns = {}

@@ -41,7 +41,8 @@ import mmap
 import os
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from ..._errors import BackendError, CapacityMismatch
 
@@ -77,8 +78,14 @@ _LOCK_UN = fcntl.LOCK_UN
 _LOCK_NB = fcntl.LOCK_NB
 _flock = fcntl.flock
 
-Wake = tuple[int, int]  # (process id, wake socket number)
+# A wake-up: (process id, wake socket number, datagram). A grant's datagram names the waiter and its grant
+# (GRANT: waiter id, token, permits, mode byte with PREV_DIED), so the woken waiter needs no second look
+# at the state; an empty datagram (REFRESH) only says "look at the state again".
+Wake = tuple[int, int, bytes]
+GRANT = struct.Struct("<QQqB")
+REFRESH = b""
 _NO_WAKES: list[Wake] = []  # shared empty result: callers never mutate it
+_GRANT_PACK = GRANT.pack
 
 
 def encode_label(kind: str, name: str) -> bytes:
@@ -375,7 +382,7 @@ class StateFile:
         off = self._active()[1]
         nh, nw = struct.unpack_from("<II", m, off + 32)
         base = off + SLOT_HDR + nh * REC
-        return [(_Q.unpack_from(m, base + i * REC + 8)[0], _SOCK.unpack_from(m, base + i * REC + 40)[0])
+        return [(_Q.unpack_from(m, base + i * REC + 8)[0], _SOCK.unpack_from(m, base + i * REC + 40)[0], REFRESH)
                 for i in range(nw)]
 
     def find_grant_locked(self, proc: int, wid: int) -> tuple[int, int, int, bool] | None:
@@ -421,16 +428,18 @@ class StateFile:
                 mode |= PREV_DIED
                 flags &= ~F_PREV_DIED
             granted.append(_REC.pack(last, proc, wid, permits, now, 0, mode, label))
-            wakes.append((proc, sock))
+            wakes.append((proc, sock, _GRANT_PACK(wid, last, permits, mode)))
             i += REC
         return avail, last, flags, b"".join(granted), waiters[i:], wakes
 
     def release_locked(self, token: int, proc: int, permits: int | None, abandoned: bool, now: float,
-                       forget: bool = False, bounded: bool = True) -> tuple[bool, list[Wake]]:
+                       forget: bool = False, bounded: bool = True,
+                       send: Callable[[list[Wake]], None] | None = None) -> tuple[bool, list[Wake]]:
         """Return ``permits`` (all if None) of grant ``token`` and grant waiters that now fit.
 
         ``forget`` drops the grant without returning its permits (an unbounded semaphore's capacity
-        shrinks instead). Returns (found, wakes)."""
+        shrinks instead). Returns (found, wakes still to send: the handoff path may have delivered
+        them already through ``send``)."""
         m = self.m
         sel, o0, s0, o1, s1 = _TOP.unpack_from(m, 8)
         if o0 + s0 > self.mlen or o1 + s1 > self.mlen:
@@ -470,6 +479,53 @@ class StateFile:
             _SLOT.pack_into(m, dst, cap, avail + rpermits, last, ticket, nh - 1, 0, flags, epoch)
             m[8] = sel ^ 1
             return True, _NO_WAKES
+        if nw and not forget and (permits is None or permits >= rpermits):
+            # A full release handed to the head of the queue (the handoff path). The grants are decided
+            # first and delivered through ``send`` BEFORE the new state is written, so the commit runs
+            # while the grantee wakes up. That is safe because the grant is deterministic and nobody can
+            # see the state before the commit (this process holds the file lock): if this process dies
+            # between delivery and commit, the reclaim of its holder record grants the same head
+            # waiter(s) the same tokens (last + 1, ...), which is exactly what they were told.
+            avail += rpermits
+            w0 = src + lh
+            grants: list[tuple[Any, ...]] = []
+            wakes: list[Wake] = []
+            k = 0
+            while k < nw:
+                rec = _REC.unpack_from(m, w0 + k * REC)
+                if rec[3] > avail:
+                    break
+                avail -= rec[3]
+                last += 1
+                wmode = rec[6]
+                if flags & F_PREV_DIED:
+                    wmode |= PREV_DIED
+                    flags &= ~F_PREV_DIED
+                grants.append((last, rec[1], rec[2], rec[3], now, 0, wmode, rec[7]))
+                wakes.append((rec[1], rec[5], _GRANT_PACK(rec[2], last, rec[3], wmode)))
+                k += 1
+            if send is not None and wakes:
+                send(wakes)
+                wakes = _NO_WAKES
+            need = SLOT_HDR + lh - REC + nw * REC
+            if dsize < need:
+                dst = self._target(sel, need)
+                m = self.m
+            d = dst + SLOT_HDR
+            if i:
+                m[d:d + i * REC] = m[src:at]
+            rest = src + lh - at - REC
+            if rest:
+                m[d + i * REC:d + i * REC + rest] = m[at + REC:src + lh]
+            pos = d + lh - REC
+            for g in grants:
+                _REC.pack_into(m, pos, *g)
+                pos += REC
+            if k < nw:
+                m[pos:pos + (nw - k) * REC] = m[w0 + k * REC:w0 + nw * REC]
+            _SLOT.pack_into(m, dst, cap, avail, last, ticket, nh - 1 + k, nw - k, flags, epoch)
+            m[8] = sel ^ 1
+            return True, wakes
         r = Record(m, at)
         give = rpermits if permits is None or permits >= rpermits else permits
         if give < rpermits:  # partial release: keep the rest
@@ -482,7 +538,7 @@ class StateFile:
         else:
             avail += give
         waiters = m[src + lh:src + lh + nw * REC]
-        wakes: list[Wake] = []
+        wakes = []
         if nw:
             avail, last, flags, new, waiters, wakes = self._grant_loop(avail, last, flags, waiters, now)
             holders += new

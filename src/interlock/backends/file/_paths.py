@@ -42,14 +42,17 @@ def parse_url(url: str) -> str | None:
     if parts.scheme.lower() != "file":
         raise InvalidArgument("the file backend takes file:// URLs", argument="url")
     if parts.netloc not in ("", "localhost"):
+        # Never echo the host part: it may carry user:password@.
         raise InvalidArgument(
-            f"file:// URLs name a local directory, not a host ({parts.netloc!r}); write "
-            "file:///absolute/path (three slashes) or file:// for the per-user default",
-            argument="url",
+            "file:// URLs name a local directory, not a host; write file:///absolute/path (three "
+            "slashes) or file:// for the per-user default", argument="url",
         )
     if parts.query or parts.fragment:
         raise InvalidArgument("file:// URLs take no query or fragment", argument="url")
-    path = unquote(parts.path, errors="strict")
+    try:
+        path = unquote(parts.path, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidArgument("the file:// path is not valid percent-encoded UTF-8", argument="url") from None
     if not path:
         return None
     if "\x00" in path:

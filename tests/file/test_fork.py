@@ -15,6 +15,9 @@ from file.helpers import LONG, wait_until
 
 CTX = mp.get_context("fork")
 
+# Python 3.12+ warns when a process with threads forks; forking such a process is what is tested here.
+pytestmark = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+
 
 def _report(conn: object, fn: object) -> None:
     try:

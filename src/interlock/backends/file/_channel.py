@@ -34,7 +34,7 @@ from ..._errors import AcquireTimeout, BlockingCallInEventLoop, InvalidArgument,
 from ..._lease import Lease
 from ..._spi import Channel, Statistics
 from ._paths import encode_name
-from ._state import GRANT, MODES, PREV_DIED, StateFile, Wake, encode_label
+from ._state import GRANT, MODES, PREV_DIED, REFRESH, StateFile, Wake, encode_label
 
 _flock = fcntl.flock
 _LOCK_EX = fcntl.LOCK_EX
@@ -134,6 +134,8 @@ class FileChannel(Channel):
         self._local: dict[int, tuple[Any, int, str, float, weakref.ref[Lease]]] = {}
         self._sf: StateFile | None = None
         self._proc = 0
+        # The queued waits of this process (wid -> Wait), to poke them when a peer dies.
+        self._waits: dict[int, Wait] = {}
         self._sf = self._open_file()
 
     # capacity: fixed for bounded primitives; an unbounded semaphore's lives in the state file
@@ -345,6 +347,7 @@ class FileChannel(Channel):
                         w.slot = get_slot()
                         w.sock = w.slot.n
                     w.ticket, peers = sf.enqueue_locked(w.permits, proc, w.wid, w.sock, mode, label, now)
+                    self._waits[w.wid] = w
             finally:
                 sf.unlock()
             if r is not None:
@@ -483,6 +486,7 @@ class FileChannel(Channel):
                 self._abandon_wait(w)
             raise
         finally:
+            self._waits.pop(w.wid, None)
             if graph:
                 deadlock.leave_wait(owner)
 
@@ -524,6 +528,7 @@ class FileChannel(Channel):
             raise
         finally:
             hub.remove(w)
+            self._waits.pop(w.wid, None)
             if graph:
                 deadlock.leave_wait(owner)
             if timer is not None:
@@ -569,6 +574,11 @@ class FileChannel(Channel):
                 self._send(wakes)
             finally:
                 sf.unlock()
+            # A peer died: let this process's waiters look at the state once. (Should a grant's
+            # delivery have been lost with a dying releaser, they find it; otherwise it costs one look.)
+            local = [(self._proc, w.sock) for w in list(self._waits.values()) if not w.done]
+        for proc, n in local:
+            self.backend.waker.wake(proc, n, REFRESH)
         return removed
 
     def _reclaim_provably_dead(self) -> bool:
@@ -768,6 +778,7 @@ class FileChannel(Channel):
                 sf.close()
             except OSError:
                 pass
+        self._waits = {}
         local, self._local = self._local, {}
         for rec in local.values():
             lease = rec[4]()

@@ -504,27 +504,29 @@ class StateFile:
                 grants.append((last, rec[1], rec[2], rec[3], now, 0, wmode, rec[7]))
                 wakes.append((rec[1], rec[5], _GRANT_PACK(rec[2], last, rec[3], wmode)))
                 k += 1
-            if send is not None and wakes:
-                send(wakes)
-                wakes = _NO_WAKES
-            need = SLOT_HDR + lh - REC + nw * REC
-            if dsize < need:
-                dst = self._target(sel, need)
-                m = self.m
-            d = dst + SLOT_HDR
-            if i:
-                m[d:d + i * REC] = m[src:at]
-            rest = src + lh - at - REC
-            if rest:
-                m[d + i * REC:d + i * REC + rest] = m[at + REC:src + lh]
-            pos = d + lh - REC
-            for g in grants:
-                _REC.pack_into(m, pos, *g)
-                pos += REC
-            if k < nw:
-                m[pos:pos + (nw - k) * REC] = m[w0 + k * REC:w0 + nw * REC]
-            _SLOT.pack_into(m, dst, cap, avail, last, ticket, nh - 1 + k, nw - k, flags, epoch)
-            m[8] = sel ^ 1
+            try:
+                if send is not None and wakes:
+                    send(wakes)
+                    wakes = _NO_WAKES
+            finally:  # commit even if interrupted while delivering (then the grantees find it by looking)
+                need = SLOT_HDR + lh - REC + nw * REC
+                if dsize < need:
+                    dst = self._target(sel, need)
+                    m = self.m
+                d = dst + SLOT_HDR
+                if i:
+                    m[d:d + i * REC] = m[src:at]
+                rest = src + lh - at - REC
+                if rest:
+                    m[d + i * REC:d + i * REC + rest] = m[at + REC:src + lh]
+                pos = d + lh - REC
+                for g in grants:
+                    _REC.pack_into(m, pos, *g)
+                    pos += REC
+                if k < nw:
+                    m[pos:pos + (nw - k) * REC] = m[w0 + k * REC:w0 + nw * REC]
+                _SLOT.pack_into(m, dst, cap, avail, last, ticket, nh - 1 + k, nw - k, flags, epoch)
+                m[8] = sel ^ 1
             return True, wakes
         r = Record(m, at)
         give = rpermits if permits is None or permits >= rpermits else permits

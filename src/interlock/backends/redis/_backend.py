@@ -30,6 +30,7 @@ import atexit
 import concurrent.futures
 import itertools
 import os
+import select
 import socket
 import sys
 import threading
@@ -55,7 +56,7 @@ from ..._lease import HELD, LOST, Lease
 from ..._spi import Backend, Channel, HolderInfo, Statistics, WaiterInfo
 from . import _scripts as S
 from ._config import RedisOptions, parse_options
-from ._transport import ClusterTransport, StandaloneTransport, Target, Transient
+from ._transport import ClusterTransport, StandaloneTransport, Target, Transient, _Incomplete, _parse
 
 _monotonic = time.monotonic
 _get_running_loop = asyncio._get_running_loop
@@ -65,6 +66,8 @@ _MODE = {"exclusive": "x", "shared": "s", "permits": "p"}
 _MODE_NAME = {"x": "exclusive", "s": "shared", "p": "permits"}
 _SLACK = 0.005  # poll a little after the reported expiry so the server sees it expired
 _BACKOFF = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+_THREAD = object()  # ``_leader`` value: the subscriber thread reads the subscription
+_PING = b"*1\r\n$4\r\nPING\r\n"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -91,7 +94,8 @@ class _Cell:
     """A queued request of this process. ``state`` changes only under the backend mutex; the grant
     (``token``, ``died``) is delivered by the subscriber thread or the maintenance thread."""
 
-    __slots__ = ("args", "channel", "confirmed", "died", "fut", "id", "lock", "loop", "state", "token")
+    __slots__ = ("args", "channel", "confirmed", "died", "fut", "id", "lock", "loop", "signalled", "state",
+                 "token")
 
     def __init__(self, channel: RedisChannel, rid: str, loop: asyncio.AbstractEventLoop | None) -> None:
         self.channel = channel
@@ -102,6 +106,11 @@ class _Cell:
         self.confirmed = 0.0  # monotonic send time of the last acquire/renewal the server confirmed
         self.loop = loop
         self.args: tuple[str | bytes | int, ...] = ()  # the ACQUIRE arguments (to queue it again)
+        # Thread cells: ``lock`` is held by the waiting thread except after a wake-up (a grant, or a
+        # promotion to reading the subscription); ``signalled`` is True exactly while it is released
+        # by such a wake-up. Both change only under the backend mutex, so a wake is never lost nor
+        # doubled (releasing an unlocked lock would raise).
+        self.signalled = False
         if loop is None:
             self.lock: Any = _thread.allocate_lock()
             self.lock.acquire()
@@ -111,8 +120,11 @@ class _Cell:
             self.fut = loop.create_future()
 
     def wake(self) -> None:
+        """Wake the waiter (thread cells: call under the backend mutex)."""
         if self.loop is None:
-            self.lock.release()
+            if not self.signalled:
+                self.signalled = True
+                self.lock.release()
         else:
             try:
                 self.loop.call_soon_threadsafe(_resolve, self.fut)
@@ -551,6 +563,24 @@ class RedisBackend(Backend):
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._proc_info = f"\t{_HOST}\t{os.getpid()}\t{_clean(os.path.basename(sys.argv[0] or 'python'))}"
         self._sub_resets = 0
+        # The subscription socket is read by ONE reader at a time (``_leader``, under ``_mx``): a
+        # waiting thread (its grant then needs no thread switch), or the subscriber thread (for
+        # asyncio waiters, or while no thread waits). ``_sub_*`` belong to the current reader.
+        self._leader: _Cell | object | None = None
+        self._sync_cells: dict[str, _Cell] = {}
+        self._sub_sock: Any = None
+        self._sub_buf = b""
+        self._sub_last = 0.0
+        self._sub_pinged = 0.0
+        self._sub_broken = False
+        self._sub_evt = threading.Event()
+        for fd in getattr(self, "_pipe", ()):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._pipe = os.pipe()
+        os.set_blocking(self._pipe[1], False)
         self._renewing = False
         self._polling: set[RedisChannel] = set()
 
@@ -651,15 +681,7 @@ class RedisBackend(Backend):
                 return stop.value
             send = exc = None
             try:
-                if type(op) is _Call:
-                    send = self._call(op)
-                else:
-                    cell = op.cell
-                    until = op.until
-                    if until is None:
-                        send = cell.lock.acquire()
-                    else:
-                        send = cell.lock.acquire(True, max(0.0, until - _monotonic()))
+                send = self._call(op) if type(op) is _Call else self._wait_cell(op.cell, op.until)
             except BaseException as e:
                 exc = e
 
@@ -706,6 +728,12 @@ class RedisBackend(Backend):
         with self._mx:
             self._cells[cell.id] = cell
             ch._cells[cell.id] = cell
+            if cell.loop is None:
+                self._sync_cells[cell.id] = cell
+                if self._leader is _THREAD:
+                    self._poke()  # the subscriber thread hands the socket to this waiter
+            if self._leader is None:
+                self._sub_evt.set()
             fresh = not self._active
             self._active.add(ch)
         if fresh:
@@ -717,6 +745,11 @@ class RedisBackend(Backend):
         with self._mx:
             self._cells.pop(cell.id, None)
             cell.channel._cells.pop(cell.id, None)
+            self._sync_cells.pop(cell.id, None)
+            if self._leader is cell:  # promoted before it started waiting: pass the socket on
+                self._leader = None
+                if not (self._sub_sock is not None and not self._sub_broken and self._promote_locked()):
+                    self._sub_evt.set()
             if cell.state == WAITING:
                 cell.state = CANCELLED
                 return True
@@ -728,9 +761,13 @@ class RedisBackend(Backend):
             if cell is None or cell.state != WAITING:
                 return
             cell.channel._cells.pop(rid, None)
+            self._sync_cells.pop(rid, None)
             cell.state = GRANTED
             cell.token = token
             cell.died = died
+            if cell.loop is None:
+                cell.wake()
+                return
         cell.wake()
 
     def _schedule_poll(self, ch: RedisChannel, next_ms: int) -> None:
@@ -791,6 +828,119 @@ class RedisBackend(Backend):
         # Waiting without a subscription is still correct (polls at lease expiries), only slower.
         self._subscribed.wait(min(max(self.opts.ttl / 3.0, 0.2), 10.0))
 
+    # -- the subscription: one reader at a time (leader/follower) -----------------------------------
+    def _poke(self) -> None:
+        try:
+            os.write(self._pipe[1], b"x")
+        except OSError:
+            pass  # the pipe is full: the reader wakes anyway
+
+    def _promote_locked(self) -> bool:
+        """Make the oldest waiting thread the reader (under ``_mx``, with no reader)."""
+        for cell in self._sync_cells.values():
+            if cell.state == WAITING and not cell.signalled:
+                self._leader = cell
+                cell.wake()
+                return True
+        return False
+
+    def _leave_lead(self, cell: _Cell) -> None:
+        with self._mx:
+            if self._leader is not cell:
+                return
+            self._leader = None
+            if not self._sub_broken and self._sub_sock is not None and self._promote_locked():
+                return
+            self._sub_evt.set()
+
+    def _wait_cell(self, cell: _Cell, until: float | None) -> bool:
+        """Block the calling thread until ``cell`` is granted (True) or ``until`` passes (False).
+
+        The first waiting thread reads the subscription itself, so its own grant costs no thread
+        switch; others wait on their cell and are woken by the reader (which, when its own grant
+        arrives, times out or is interrupted, hands the socket to the oldest waiting thread)."""
+        try:
+            while True:
+                with self._mx:
+                    if cell.signalled:  # woken: hold the one-shot lock again before waiting more
+                        cell.lock.acquire(False)
+                        cell.signalled = False
+                    if cell.state != WAITING:
+                        return cell.state == GRANTED
+                    usable = self._sub_sock is not None and not self._sub_broken
+                    if self._leader is cell and not usable:  # broken: the subscriber thread reconnects
+                        self._leader = None
+                        self._sub_evt.set()
+                    elif self._leader is None and usable:
+                        self._leader = cell
+                    lead = self._leader is cell
+                remaining = None if until is None else until - _monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                if lead:
+                    self._read_sub(remaining, False)
+                elif not cell.lock.acquire(True, -1 if remaining is None else remaining):
+                    with self._mx:
+                        return cell.state == GRANTED
+                else:
+                    with self._mx:
+                        cell.signalled = False
+        finally:
+            self._leave_lead(cell)
+
+    def _read_sub(self, timeout: float | None, thread: bool) -> None:
+        """Read the subscription once (the caller is the reader) and deliver what arrived. A silent
+        subscription is PINGed after ``interval`` and declared broken one interval later."""
+        sock = self._sub_sock
+        interval = max(self.opts.renew_interval, 0.05)
+        t = interval if timeout is None else max(0.0, min(timeout, interval))
+        try:
+            if thread:
+                pending = getattr(sock, "pending", None)
+                if not (pending and pending()):
+                    ready = select.select([sock, self._pipe[0]], [], [], t)[0]
+                    if self._pipe[0] in ready:
+                        try:
+                            os.read(self._pipe[0], 4096)
+                        except OSError:
+                            pass
+                    data = None if sock not in ready else sock.recv(65536)
+                else:
+                    data = sock.recv(65536)
+            else:
+                sock.settimeout(t)
+                try:
+                    data = sock.recv(65536)
+                except TimeoutError:
+                    data = None
+            now = _monotonic()
+            if data is None:
+                if self._sub_pinged:
+                    if now - self._sub_pinged >= interval:
+                        raise Transient("the subscription went silent")
+                elif now - self._sub_last >= interval:
+                    sock.sendall(_PING)
+                    self._sub_pinged = now
+                return
+            if not data:
+                raise Transient("the subscription was closed by the server")
+            self._sub_last = now
+            self._sub_pinged = 0.0
+            buf = self._sub_buf + data if self._sub_buf else data
+            pos = 0
+            try:
+                while pos < len(buf):
+                    msg, pos = _parse(buf, pos)
+                    if isinstance(msg, list) and len(msg) == 3 and msg[0] == b"message":
+                        self._on_message(msg[2])
+            except _Incomplete:
+                pass
+            self._sub_buf = buf[pos:]
+        except Exception:
+            with self._mx:
+                self._sub_broken = True
+                self._sub_evt.set()
+
     def _subscribe_loop(self, pid: int) -> None:
         channel = (self.opts.prefix + "c:" + self.sid).encode()
         delay = 0.0
@@ -799,29 +949,66 @@ class RedisBackend(Backend):
             conn = None
             try:
                 conn = self.transport.subscriber_connection()
-                conn.send_command("SUBSCRIBE", channel)
-                reply = conn.read_response()
-                if not (isinstance(reply, list) and reply and reply[0] in (b"subscribe", "subscribe")):
+                conn.connect()
+                sock = conn._sock
+                sock.settimeout(min(max(self.opts.ttl / 3.0, 0.2), 10.0))
+                sock.sendall(b"*2\r\n$9\r\nSUBSCRIBE\r\n$%d\r\n%s\r\n" % (len(channel), channel))
+                buf = b""
+                while True:
+                    more = sock.recv(65536)
+                    if not more:
+                        raise Transient("the subscription was closed by the server")
+                    buf += more
+                    try:
+                        reply, pos = _parse(buf, 0)
+                        break
+                    except _Incomplete:
+                        continue
+                if not (isinstance(reply, list) and reply and reply[0] == b"subscribe"):
                     raise Transient(f"unexpected reply to SUBSCRIBE: {reply!r}")
+                with self._mx:
+                    self._sub_sock = sock
+                    self._sub_buf = buf[pos:]
+                    self._sub_last = _monotonic()
+                    self._sub_pinged = 0.0
+                    self._sub_broken = False
                 if self._sub_resets:
                     self._poll_all()  # grants published while we were not subscribed were lost
                 self._sub_resets += 1
                 self._subscribed.set()
                 delay = 0.0
-                pinged = False
                 while not self._stopping:
-                    if conn.can_read(timeout=interval):
-                        msg = conn.read_response()
-                        pinged = False
-                        if isinstance(msg, list) and len(msg) == 3 and msg[0] == b"message":
-                            self._on_message(msg[2])
-                    elif pinged:
-                        raise Transient("the subscription went silent")
-                    else:
-                        conn.send_command("PING")
-                        pinged = True
+                    with self._mx:
+                        if self._sub_broken:
+                            raise Transient("the subscription broke")
+                        if self._leader is None and not self._promote_locked() and self._cells:
+                            self._leader = _THREAD
+                        mine = self._leader is _THREAD
+                        if not mine:
+                            self._sub_evt.clear()
+                    if not mine:
+                        self._sub_evt.wait(interval)
+                        continue
+                    try:
+                        self._read_sub(None, True)
+                    finally:
+                        with self._mx:
+                            if self._leader is _THREAD:
+                                self._leader = None
             except Exception:
                 self._subscribed.clear()
+                with self._mx:
+                    self._sub_sock = None
+                    self._sub_broken = False
+                    if self._leader is _THREAD:
+                        self._leader = None
+                # A waiting thread still reading must stop before the socket closes: it re-checks
+                # ``_sub_sock`` and becomes a follower; wait for it to hand the socket back.
+                for _ in range(200):
+                    with self._mx:
+                        if self._leader is None or self._leader is _THREAD:
+                            break
+                    time.sleep(0.005)
                 if conn is not None:
                     try:
                         conn.disconnect()

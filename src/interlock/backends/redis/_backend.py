@@ -732,7 +732,9 @@ class RedisBackend(Backend):
                 self._sync_cells[cell.id] = cell
                 if self._leader is _THREAD:
                     self._poke()  # the subscriber thread hands the socket to this waiter
-            if self._leader is None:
+            elif self._leader is None:
+                # Only asyncio waiters need the subscriber thread: a waiting thread reads for itself
+                # (not waking the thread here keeps an uncontended acquire free of thread switches).
                 self._sub_evt.set()
             fresh = not self._active
             self._active.add(ch)

@@ -110,6 +110,8 @@ def test_usage_errors_exit_2(env: dict[str, str]) -> None:
     assert cli(env, "run", "x", "--weight", "2", "--", "true").returncode == 2  # weight needs a semaphore
     assert cli(env, "run", "x", "--permits", "0", "--", "true").returncode == 2
     assert cli(env, "run", "x" * 600, "--", "true").returncode == 2  # name too long
+    assert cli(env, "run", "two", "--permits", "2", "--", "true").returncode == 0
+    assert cli(env, "run", "two", "--permits", "3", "--", "true").returncode == 2  # capacity mismatch
 
 
 def test_sigterm_is_forwarded_to_the_command(env: dict[str, str]) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 from .. import (
     AcquireTimeout,
+    CapacityMismatch,
     InterlockError,
     InvalidArgument,
     InvalidArgumentType,
@@ -238,7 +239,7 @@ def _run(args: argparse.Namespace, cmd: list[str], url: str, sup: _Supervisor, m
         why = "gave up (--no-wait)" if args.no_wait else f"timed out after {args.timeout:g}s"
         print(_busy_message(prim, args, why), file=sys.stderr)
         return int(args.timeout_exit_code)
-    except (InvalidArgument, InvalidArgumentType) as exc:
+    except (InvalidArgument, InvalidArgumentType, CapacityMismatch) as exc:
         print(f"interlock run: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except InterlockError as exc:  # messages name the (redacted) URL already

@@ -273,19 +273,59 @@ class FileChannel(Channel):
             if lease is not None:
                 return lease
             raise self._would_block(permits)
-        self._doomed(permits)  # a pure check: more than the capacity can never be granted
-        # One locked section grants or enqueues (no failed fast attempt first: under contention that
-        # would cost a second round of locks per acquire).
-        w = Wait(self, permits, mode, owner, site, 0)
-        lease = self._grant_or_enqueue(w, fair, self.backend.take_slot)
-        if lease is not None:
+        if self.bounded and permits > self._capacity:
+            self._doomed(permits)  # more than the capacity can never be granted
+        # One locked section grants or enqueues: no failed fast attempt first (under contention that
+        # would cost a second round of locks per acquire). The grant branch is the uncontended hot
+        # path, written out like _fast().
+        label = _label(owner)
+        mutex = self._mutex
+        mutex.acquire()
+        try:
+            sf = self._sf
+            if sf is None or not self._proc:
+                sf = self._state()
+            proc = self._proc
+            fd = sf.fd
+            _flock(fd, _LOCK_EX)
+            try:
+                now = _monotonic()
+                r = sf.grant_fast_locked(permits, fair, proc, MODES[mode], label, now)
+                if r is None:
+                    if _get_running_loop() is not None:
+                        raise BlockingCallInEventLoop(
+                            f"blocking acquire of {self.describe()} on a thread whose event loop is running "
+                            "would deadlock it; use 'async with' or 'await acquire_async()' instead",
+                            name=self.name,
+                        )
+                    slot = self.backend.take_slot()
+                    w = Wait(self, permits, mode, owner, site, slot.n)
+                    w.slot = slot
+                    w.ticket, peers = sf.enqueue_locked(permits, proc, w.wid, slot.n, MODES[mode], label, now)
+                    self._waits[w.wid] = w
+            finally:
+                _flock(fd, _LOCK_UN)
+            if r is not None:
+                lease = _new_lease(Lease)
+                lease._channel = self
+                lease.token = token = r[0]
+                lease.permits = permits
+                lease.owner = owner
+                lease._site = site
+                lease.mode = mode
+                lease.acquired_at = at = _monotonic()
+                if r[1]:
+                    lease.previous_owner_died = True
+                self._local[token] = (owner, permits, mode, at, _ref(lease))
+        finally:
+            mutex.release()
+        if r is not None:
+            if r[2]:
+                self._refresh_waiters()
+            assert lease is not None
             return lease
-        slot = w.slot
-        if slot is None:
-            raise BlockingCallInEventLoop(
-                f"blocking acquire of {self.describe()} on a thread whose event loop is running would "
-                "deadlock it; use 'async with' or 'await acquire_async()' instead", name=self.name,
-            )
+        peers.discard(proc)
+        w.peers = peers
         try:
             return self._wait_thread(w, slot, timeout)
         finally:

@@ -26,7 +26,7 @@ if avail >= p and (queued == 0 or not string.find(flags, 'f', 1, true)) then
   local d = died
   died = 0
   put('h' .. ID, sid .. '|' .. p .. '|' .. md .. d .. '|' .. fmt(tok) .. '|' .. now .. '|' .. info)
-  redis.call('ZADD', X, now + ttl, ID)
+  xadd(now + ttl, ID)
   redis.call('PEXPIRE', X, ARGV[5])
   finish()
   if meta[1] then redis.call('PEXPIRE', M, ARGV[5]) end
@@ -40,7 +40,7 @@ seq = seq + 1
 dirty = true
 redis.call('ZADD', Q, seq, ID)
 put('w' .. ID, sid .. '|' .. p .. '|' .. md .. '|' .. seq .. '|' .. now .. '|' .. info)
-redis.call('ZADD', X, now + ttl, ID)
+xadd(now + ttl, ID)
 redis.call('PEXPIRE', Q, ARGV[5])
 redis.call('PEXPIRE', X, ARGV[5])
 finish()

@@ -2,7 +2,8 @@
 --
 -- One primitive = three keys sharing one hash tag (Redis Cluster keeps them in one slot):
 -- KEYS[1] m  hash: k kind, c capacity, b bounded ("1"/"0"), a available permits, t last fencing
---            token, s queue arrival sequence, d "previous owner died" flag for the next grant;
+--            token, s queue arrival sequence, d "previous owner died" flag for the next grant,
+--            e a lower bound of the earliest expiry in X (server ms; purge() skips X before it);
 --            "h<id>" -> holder record "sid|permits|mode died|token|granted_ms|info";
 --            "w<id>" -> waiter record "sid|permits|mode|seq|enqueued_ms|info"
 -- KEYS[2] q  zset: request id -> arrival sequence of the queued requests (strict FIFO order)
@@ -26,7 +27,7 @@ local tm = redis.call('TIME')
 local now_us = tonumber(tm[1]) * 1000000 + tonumber(tm[2])
 local now = math.floor(now_us / 1000)
 
-local meta = redis.call('HMGET', M, 'k', 'c', 'b', 'a', 't', 's', 'd', 'h' .. ID)
+local meta = redis.call('HMGET', M, 'k', 'c', 'b', 'a', 't', 's', 'd', 'h' .. ID, 'e')
 local kind, cap, bounded, avail, last, seq, died
 local myrec = meta[8]  -- this request's holder record, if it holds a grant
 if not meta[1] then
@@ -41,6 +42,10 @@ else
   end
 end
 local dirty = not meta[1]
+-- ex <= every score in X (0 = unknown): scores only grow on renewal, so it stays a lower bound
+-- when entries leave or are renewed; xadd() lowers it for new entries.
+local ex = meta[1] and tonumber(meta[9]) or 0
+local exdirty = false
 local sets, dels = {}, {}  -- writes to M, applied by finish(): deletions first
 local grants = {}
 
@@ -93,9 +98,22 @@ local function grant_head()
   end
 end
 
--- Drop every holder and waiter whose lease expired (its process stopped renewing it).
+local function xadd(score, id)
+  redis.call('ZADD', X, score, id)
+  if score < ex then
+    ex = score
+    exdirty = true
+  end
+end
+
+-- Drop every holder and waiter whose lease expired (its process stopped renewing it). Nothing can
+-- have expired before ex (one Redis call fewer on most scripts).
 local function purge()
+  if now < ex then return end
   local dead = redis.call('ZRANGEBYSCORE', X, '-inf', now, 'LIMIT', 0, 1000)
+  local first = redis.call('ZRANGE', X, #dead, #dead, 'WITHSCORES')
+  ex = tonumber(first[2]) or 9000000000000000
+  exdirty = true
   if #dead == 0 then return end
   redis.call('ZREM', X, unpack(dead))
   for i = 1, #dead do
@@ -126,6 +144,7 @@ local function finish()
   for i = 1, #dels, 500 do
     redis.call('HDEL', M, unpack(dels, i, math.min(i + 499, #dels)))
   end
+  if exdirty then put('e', fmt(ex)) end
   if dirty then
     put('a', fmt(avail))
     put('t', fmt(last))

@@ -8,7 +8,7 @@ local missing = {}
 for i = 8, #ARGV do
   local id = ARGV[i]
   if redis.call('ZSCORE', X, id) then
-    redis.call('ZADD', X, now + ttl, id)
+    xadd(now + ttl, id)
   else
     missing[#missing + 1] = id
   end

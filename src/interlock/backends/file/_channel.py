@@ -136,6 +136,7 @@ class FileChannel(Channel):
         self._proc = 0
         # The queued waits of this process (wid -> Wait), to poke them when a peer dies.
         self._waits: dict[int, Wait] = {}
+        self._sender = self._send  # bound once: the release path passes it on every call
         self._sf = self._open_file()
 
     # capacity: fixed for bounded primitives; an unbounded semaphore's lives in the state file
@@ -313,10 +314,10 @@ class FileChannel(Channel):
                 lease.owner = owner
                 lease._site = site
                 lease.mode = mode
-                lease.acquired_at = at = _monotonic()
+                lease.acquired_at = now
                 if r[1]:
                     lease.previous_owner_died = True
-                self._local[token] = (owner, permits, mode, at, _ref(lease))
+                self._local[token] = (owner, permits, mode, now, _ref(lease))
         finally:
             mutex.release()
         if r is not None:
@@ -472,7 +473,7 @@ class FileChannel(Channel):
         graph = self._owned
         try:
             if graph:
-                deadlock.enter_wait(owner, self)
+                deadlock.enter_wait(owner, self, w)
         except BaseException:
             self._abandon_wait(w)
             raise
@@ -536,7 +537,7 @@ class FileChannel(Channel):
         graph = self._owned
         try:
             if graph:
-                deadlock.enter_wait(owner, self)
+                deadlock.enter_wait(owner, self, w)
         except BaseException:
             self._abandon_wait(w)
             raise
@@ -692,8 +693,8 @@ class FileChannel(Channel):
             fd = sf.fd
             _flock(fd, _LOCK_EX)
             try:
-                wakes = sf.release_locked(token, self._proc, permits, abandoned, _monotonic(), True, True,
-                                          self._send)[1]
+                wakes = sf.release_locked(token, self._proc, permits, abandoned, _monotonic(), False, True,
+                                          self._sender)[1]
                 if wakes:
                     # Wake the grantees before unlocking: they need neither lock (the datagram carries
                     # the grant), and the handoff latency is what a waiting process feels.

@@ -71,11 +71,11 @@ def test_a_release_hands_off_to_the_head_and_delivers_before_committing(sem: Sta
     ((wakes, holders_then),) = seen
     assert holders_then == [t1]
     assert [(p, n) for p, n, _ in wakes] == [(8, 1)], "only the head fits (2 of 4); b (3) waits, c waits behind b"
-    wid, token, permits, mode = GRANT.unpack(wakes[0][2])
+    wid, token, permits, _mode = GRANT.unpack(wakes[0][2])
     assert (wid, token, permits) == (101, t1 + 1, 2)
     s = snap(sem)
     assert [(h.proc, h.key) for h in s.holders] == [(8, t1 + 1)]  # type: ignore[attr-defined]
-    assert [w.key for w in s.waiters][0] == tk_b  # type: ignore[attr-defined]
+    assert next(w.key for w in s.waiters) == tk_b  # type: ignore[attr-defined]
     invariant(sem)
     del tk_a
 
@@ -144,7 +144,7 @@ def test_random_operations_keep_the_invariants(sem: StateFile, seed: int) -> Non
                 queued.append(tk)
         elif op < 0.9 and held:
             tok, proc = held.pop(rng.randrange(len(held)))
-            found, wakes = sem.release_locked(tok, proc, None, False, step, send=lambda w: None)
+            found, _wakes = sem.release_locked(tok, proc, None, False, step, send=lambda w: None)
             assert found
         elif queued:
             sem.withdraw_locked(queued.pop(rng.randrange(len(queued))), step)

@@ -157,6 +157,8 @@ class RedisChannel(Channel):
 
     # Under backend._mx: _leases maps request id -> held Lease of this process (renewed by the
     # maintenance thread); _cells maps request id -> queued request of this process.
+    # _leases holds the leases WEAKLY: a Lease its holder dropped must be garbage-collected (its
+    # finalizer hands it to the reaper, which releases it), not renewed here forever.
 
     def __init__(self, backend: RedisBackend, name: str, kind: str, capacity: int, bounded: bool) -> None:
         super().__init__(backend, name, kind, capacity, bounded)
@@ -168,7 +170,7 @@ class RedisChannel(Channel):
             [o.prefix + "c:", kind, str(capacity), "1" if bounded else "0",
              str(int(o.idle_expiry * 1000))],
         )
-        self._leases: dict[str, Lease] = {}
+        self._leases: weakref.WeakValueDictionary[str, Lease] = weakref.WeakValueDictionary()
         self._cells: dict[str, _Cell] = {}
         self._poll_at: float | None = None
         self._owned = kind != "semaphore"
@@ -246,7 +248,7 @@ class RedisChannel(Channel):
         # While we queue (FIFO), the set of holders can only shrink: if it was all ours, it stays so.
         self._local_only = len(r) > 2 and r[2] == 1
         try:
-            deadlock.enter_wait(owner, self)
+            deadlock.enter_wait(owner, self, cell)
         except BaseException:
             self._local_only = False
             b._withdraw(cell)
@@ -895,7 +897,7 @@ class RedisBackend(Backend):
         subscription is PINGed after ``interval`` and declared broken one interval later."""
         sock = self._sub_sock
         interval = max(self.opts.renew_interval, 0.05)
-        t = interval if timeout is None else max(0.0, min(timeout, interval))
+        t = interval if timeout is None else max(1e-4, min(timeout, interval))
         try:
             if thread:
                 pending = getattr(sock, "pending", None)
@@ -906,9 +908,16 @@ class RedisBackend(Backend):
                             os.read(self._pipe[0], 4096)
                         except OSError:
                             pass
-                    data = None if sock not in ready else sock.recv(65536)
+                    ready = [sock] if sock in ready else []
                 else:
-                    data = sock.recv(65536)
+                    ready = [sock]
+                data = None
+                if ready:
+                    sock.settimeout(t)  # a TLS record may still be incomplete
+                    try:
+                        data = sock.recv(65536)
+                    except TimeoutError:
+                        pass
             else:
                 sock.settimeout(t)
                 try:
@@ -938,10 +947,15 @@ class RedisBackend(Backend):
             except _Incomplete:
                 pass
             self._sub_buf = buf[pos:]
-        except Exception:
+        except BaseException as exc:
+            # Also on an interrupt (KeyboardInterrupt in a waiting thread): bytes already read may
+            # not have been parsed, so the stream is resynchronised by a reconnect, whose re-read of
+            # every queued request recovers any grant message lost with them.
             with self._mx:
                 self._sub_broken = True
                 self._sub_evt.set()
+            if not isinstance(exc, Exception):
+                raise
 
     def _subscribe_loop(self, pid: int) -> None:
         channel = (self.opts.prefix + "c:" + self.sid).encode()

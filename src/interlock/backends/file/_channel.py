@@ -137,6 +137,7 @@ class FileChannel(Channel):
         # The queued waits of this process (wid -> Wait), to poke them when a peer dies.
         self._waits: dict[int, Wait] = {}
         self._sender = self._send  # bound once: the release path passes it on every call
+        self._label_cache: tuple[Any, bytes] = (None, b"")
         self._sf = self._open_file()
 
     # capacity: fixed for bounded primitives; an unbounded semaphore's lives in the state file
@@ -279,7 +280,12 @@ class FileChannel(Channel):
         # One locked section grants or enqueues: no failed fast attempt first (under contention that
         # would cost a second round of locks per acquire). The grant branch is the uncontended hot
         # path, written out like _fast().
-        label = _label(owner)
+        cached = self._label_cache  # one entry, one tuple (atomic): the same thread acquires again and again
+        if cached[0] is owner:
+            label = cached[1]
+        else:
+            label = _label(owner)
+            self._label_cache = (owner, label)
         mutex = self._mutex
         mutex.acquire()
         try:
@@ -685,9 +691,11 @@ class FileChannel(Channel):
         token = lease.token
         mutex.acquire()
         try:
-            rec = self._local.get(token)
+            rec = self._local.pop(token, None)
             if rec is None:
                 return  # not held by this process any more (released, reclaimed, or a forked copy)
+            if permits < rec[1]:  # a partial release keeps the rest
+                self._local[token] = (rec[0], rec[1] - permits, rec[2], rec[3], rec[4])
             sf = self._sf
             assert sf is not None
             fd = sf.fd
@@ -696,15 +704,10 @@ class FileChannel(Channel):
                 wakes = sf.release_locked(token, self._proc, permits, abandoned, _monotonic(), False, True,
                                           self._sender)[1]
                 if wakes:
-                    # Wake the grantees before unlocking: they need neither lock (the datagram carries
-                    # the grant), and the handoff latency is what a waiting process feels.
+                    # Deliver before unlocking (see _send): the grantees need no lock to take them.
                     self._send(wakes)
             finally:
                 _flock(fd, _LOCK_UN)
-            if permits < rec[1]:
-                self._local[token] = (rec[0], rec[1] - permits, rec[2], rec[3], rec[4])
-            else:
-                del self._local[token]
         finally:
             mutex.release()
         if lease.backend_data is not None:
@@ -814,6 +817,7 @@ class FileChannel(Channel):
         self._mutex = _thread.allocate_lock()
         sf, self._sf = self._sf, None
         self._proc = 0
+        self._label_cache = (None, b"")
         if sf is not None:
             try:
                 sf.close()

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import DeadlockError
 from .owner import owner_label
+from .waiter import WAITING
 
 if TYPE_CHECKING:
     from .._spi import Channel
@@ -31,7 +32,20 @@ _graph_lock = threading.Lock()
 # owner -> channel it is blocked on. Invariant: an owner appears here only between registering a wait
 # and leaving it (grant, timeout, cancel, error). Waits on semaphores may be left out: they are never
 # hopeless, so an owner blocked on one counts as "may release" exactly as an unregistered owner does.
-_waiting_on: dict[Any, Channel] = {}
+# The waiter cell is kept with it: an owner counts as blocked only while its cell is still WAITING,
+# because a granter records the new holder before the granted thread or task runs again to leave the
+# graph (without this, a just-granted owner looks like "holds X and waits for X": a false deadlock).
+_waiting_on: dict[Any, tuple[Channel, Any]] = {}
+
+
+def _blocked_on(owner: Any) -> Channel | None:
+    entry = _waiting_on.get(owner)
+    if entry is None:
+        return None
+    ch, cell = entry
+    if cell is not None and (getattr(cell, "state", WAITING) != WAITING or getattr(cell, "done", False)):
+        return None
+    return ch
 
 
 def _hopeless(origin: Any, ch: Channel, path: list[tuple[Any, Channel]], seen: set[int]) -> bool:
@@ -51,7 +65,7 @@ def _hopeless(origin: Any, ch: Channel, path: list[tuple[Any, Channel]], seen: s
             continue
         if id(h) in seen:  # a cycle not through origin: those owners are stuck already
             continue
-        nxt = _waiting_on.get(h)
+        nxt = _blocked_on(h)
         if nxt is None:
             return False
         seen.add(id(h))
@@ -62,8 +76,10 @@ def _hopeless(origin: Any, ch: Channel, path: list[tuple[Any, Channel]], seen: s
     return True
 
 
-def enter_wait(owner: Any, ch: Channel) -> None:
-    """Register that ``owner`` blocks on ``ch``; raise DeadlockError if it never could be granted."""
+def enter_wait(owner: Any, ch: Channel, cell: Any = None) -> None:
+    """Register that ``owner`` blocks on ``ch`` (``cell``: its waiter; it stops counting as blocked
+    once its ``state`` leaves WAITING or its ``done`` flag is set); raise DeadlockError if the wait
+    could never be granted."""
     with _graph_lock:
         path: list[tuple[Any, Channel]] = []
         if _hopeless(owner, ch, path, {id(owner)}):
@@ -80,7 +96,7 @@ def enter_wait(owner: Any, ch: Channel) -> None:
                 + ". Acquire primitives in one global order, or pass timeout=.",
                 cycle=cycle,
             )
-        _waiting_on[owner] = ch
+        _waiting_on[owner] = (ch, cell)
 
 
 def _held_by(owner: Any, chans: list[Channel]) -> list[Channel]:

@@ -206,7 +206,7 @@ class MemoryChannel(Channel):
         track = self._owned
         if track:
             try:
-                deadlock.enter_wait(owner, self)
+                deadlock.enter_wait(owner, self, w)
             except BaseException:
                 self._cancel(w)
                 raise
@@ -276,7 +276,7 @@ class MemoryChannel(Channel):
         track = self._owned
         if track:
             try:
-                deadlock.enter_wait(owner, self)
+                deadlock.enter_wait(owner, self, w)
             except BaseException:
                 self._cancel(w)
                 raise

@@ -4,7 +4,12 @@ Scenarios (ratios are to a redis-py PING measured in the same loop / just around
 
 * uncontended acquire+release, one client (PING timed alternately with each pair);
 * forced handoff between 4 processes: the holder releases only once every other process has been
-  blocked in acquire() for >= 300 us; latency = release() call -> the next process's acquire returns;
+  blocked in acquire() for >= 300 us; latency = from just before the holder's release() call to the
+  moment the next process's acquire() returns (perf_counter_ns: CLOCK_MONOTONIC, shared by the
+  processes). For interlock it includes the releaser's encoding and send, the release script (which
+  grants and PUBLISHes), the delivery to the waiter's subscription socket, the waiter process's
+  wake-up, parse and Lease construction; it does not include the releaser reading its own reply.
+  Its floor is therefore about one script round trip (>= 1 x PING), plus a process wake-up;
 * tight loop, 4 processes: handoffs/acq = share of acquisitions that went to another process;
 * 1,000 queued waiters on one semaphore across 4 processes (interlock only: the peers have no
   semaphore): served in queue order? Redis commands per second while they all wait (renewals);
@@ -66,7 +71,7 @@ def redispy_impl(sleep: float) -> Callable[..., Any]:
 
 
 def prl_impl(host: str, port: int, name: str, ttl: float) -> tuple[Callable[[], Any], Callable[[Any], None]]:
-    import redis_lock
+    import redis_lock  # type: ignore[import-untyped]
 
     r = _client(host, port)
 
@@ -92,7 +97,7 @@ def pottery_impl(host: str, port: int, name: str, ttl: float) -> tuple[Callable[
 
 
 def sherlock_impl(host: str, port: int, name: str, ttl: float) -> tuple[Callable[[], Any], Callable[[Any], None]]:
-    import sherlock
+    import sherlock  # type: ignore[import-untyped]
 
     r = _client(host, port)
 
@@ -335,7 +340,7 @@ def kill_recovery(impl: str, host: str, port: int, ttl: float, rng: random.Rando
     waiter.join(5)
     if waiter.is_alive():
         waiter.kill()
-    return got - killed
+    return float(got - killed)
 
 
 # -----------------------------------------------------------------------------------------------------

@@ -138,6 +138,7 @@ class FileChannel(Channel):
         self._waits: dict[int, Wait] = {}
         self._sender = self._send  # bound once: the release path passes it on every call
         self._label_cache: tuple[Any, bytes] = (None, b"")
+        self._watched: set[int] = set()  # peers registered with the death watcher for this channel
         self._sf = self._open_file()
 
     # capacity: fixed for bounded primitives; an unbounded semaphore's lives in the state file
@@ -583,8 +584,11 @@ class FileChannel(Channel):
 
     # -- death of other processes -----------------------------------------------------------------------
     def _watch(self, peers: set[int]) -> None:
-        if not peers:
+        # Process ids are never reused, so a peer once registered for this channel stays registered
+        # until it dies (then the watcher reclaims it here and it can never reappear in the state).
+        if not peers or peers <= self._watched:
             return
+        self._watched |= peers
         dead = self.backend.watcher().watch(self, peers)
         if dead:
             self.reclaim_dead(dead)
@@ -818,6 +822,7 @@ class FileChannel(Channel):
         sf, self._sf = self._sf, None
         self._proc = 0
         self._label_cache = (None, b"")
+        self._watched = set()
         if sf is not None:
             try:
                 sf.close()

@@ -333,14 +333,6 @@ class WakeSocket:
         except (BlockingIOError, InterruptedError):
             return b""
 
-    def drain(self) -> None:
-        recv = self.sock.recv
-        try:
-            while True:
-                recv(64, socket.MSG_DONTWAIT)
-        except OSError:
-            return
-
     def close(self) -> None:
         self.sock.close()
 

@@ -24,7 +24,7 @@ import select
 import signal
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._paths import O_CLOEXEC, O_NOFOLLOW, O_NONBLOCK
 from ._proc import locked_by_other, proc_hex, remove_files
@@ -249,7 +249,3 @@ class Watcher:
         self._peers.clear()
         self._closing = []
         self._stopped = True
-
-    def stats(self) -> dict[str, Any]:
-        with self._mutex:
-            return {"watched_processes": len(self._peers)}

@@ -752,7 +752,9 @@ class RedisBackend(Backend):
             self._sync_cells.pop(cell.id, None)
             if self._leader is cell:  # promoted before it started waiting: pass the socket on
                 self._leader = None
-                if not (self._sub_sock is not None and not self._sub_broken and self._promote_locked()):
+                if not (self._sub_sock is not None and not self._sub_broken and self._promote_locked()) and (
+                    self._cells or self._sub_broken or self._sub_sock is None
+                ):
                     self._sub_evt.set()
             if cell.state == WAITING:
                 cell.state = CANCELLED
@@ -855,7 +857,10 @@ class RedisBackend(Backend):
             self._leader = None
             if not self._sub_broken and self._sub_sock is not None and self._promote_locked():
                 return
-            self._sub_evt.set()
+            if self._cells or self._sub_broken or self._sub_sock is None:
+                # asyncio waiters (or a reconnect) need the subscriber thread; waking it otherwise
+                # would take the GIL from this thread just as its acquire() returns.
+                self._sub_evt.set()
 
     def _wait_cell(self, cell: _Cell, until: float | None) -> bool:
         """Block the calling thread until ``cell`` is granted (True) or ``until`` passes (False).

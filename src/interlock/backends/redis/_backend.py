@@ -1089,6 +1089,8 @@ class RedisBackend(Backend):
                 self._wake.wait(timeout)
                 self._wake.clear()
             except Exception as exc:  # never let the renewer die
+                if isinstance(exc, RuntimeError) and "interpreter shutdown" in str(exc):
+                    return  # the I/O pool refuses work once the interpreter exits; atexit releases
                 import warnings
 
                 warnings.warn(f"interlock: redis maintenance error: {exc!r}", RuntimeWarning, stacklevel=1)

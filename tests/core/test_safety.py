@@ -3,9 +3,9 @@ back, dead owners are detected, wait-for cycles are reported, interrupts never l
 
 from __future__ import annotations
 
-import _thread
 import asyncio
 import gc
+import signal
 import threading
 import time
 import warnings
@@ -144,11 +144,14 @@ def test_keyboard_interrupt_in_a_waiting_thread_leaks_nothing() -> None:
     sem = interlock.Semaphore("kbi", 1, url=url)
     holder = sem.acquire()
     interrupted = False
+    main = threading.main_thread().ident
+    assert main is not None and threading.current_thread() is threading.main_thread()
 
     def interrupter() -> None:
         while not sem.statistics().waiters:
             time.sleep(0.001)
-        _thread.interrupt_main()
+        # A real SIGINT to the main thread, as Ctrl-C sends: it interrupts the blocked wait itself.
+        signal.pthread_kill(main, signal.SIGINT)
 
     t = threading.Thread(target=interrupter)
     t.start()

@@ -41,7 +41,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from ..._core import deadlock
-from ..._core.owner import owner_label
+from ..._core.owner import owner_label, track_task_death, untrack_task_death
 from ..._errors import (
     AcquireTimeout,
     BackendError,
@@ -295,7 +295,7 @@ class RedisChannel(Channel):
         lease._deadline = confirmed + b.lease_span
         b._add_lease(self, rid, lease)
         if self._owned:
-            _track_owner(lease)
+            track_task_death(lease)
         return lease
 
     def _mismatch(self, r: list[Any]) -> CapacityMismatch:
@@ -347,7 +347,7 @@ class RedisChannel(Channel):
                 "expires on the server within its TTL", name=self.name, token=lease.token,
             ) from None
         if not partial and self._owned:
-            _untrack_owner(lease)
+            untrack_task_death(lease)
         if op == "d":
             lease.permits = 1
             lease.mode = "shared"
@@ -428,42 +428,6 @@ class RedisChannel(Channel):
     def locked(self) -> bool:
         s = self.statistics()
         return s.available < 1 or bool(s.waiters)
-
-
-# --------------------------------------------------------------------------------------------------
-# owner tracking for locks and RW locks: a task that ends while holding one abandons it (threads are
-# handled by Backend.owner_ended, called by the reaper when a thread ends)
-
-
-class _TaskDeath:
-    __slots__ = ("ref",)
-
-    def __init__(self, lease: Lease) -> None:
-        self.ref = weakref.ref(lease)
-
-    def __call__(self, task: asyncio.Task[Any]) -> None:
-        lease = self.ref()
-        if lease is not None and lease._state == HELD:
-            from ..._core import reaper
-
-            reaper.abandon(lease, f"its owner task {task.get_name()!r} ended while holding it")
-
-
-_task_callbacks: weakref.WeakKeyDictionary[Lease, _TaskDeath] = weakref.WeakKeyDictionary()
-
-
-def _track_owner(lease: Lease) -> None:
-    owner = lease.owner
-    if isinstance(owner, asyncio.Task):
-        cb = _TaskDeath(lease)
-        _task_callbacks[lease] = cb
-        owner.add_done_callback(cb)
-
-
-def _untrack_owner(lease: Lease) -> None:
-    cb = _task_callbacks.pop(lease, None)
-    if cb is not None:
-        lease.owner.remove_done_callback(cb)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1089,8 +1053,10 @@ class RedisBackend(Backend):
                 self._wake.wait(timeout)
                 self._wake.clear()
             except Exception as exc:  # never let the renewer die
-                if isinstance(exc, RuntimeError) and "interpreter shutdown" in str(exc):
-                    return  # the I/O pool refuses work once the interpreter exits; atexit releases
+                if isinstance(exc, RuntimeError) and "shutdown" in str(exc):
+                    # The I/O pool refuses work after close() or once the interpreter exits (then
+                    # the atexit hook releases held leases): nothing left for this thread to do.
+                    return
                 import warnings
 
                 warnings.warn(f"interlock: redis maintenance error: {exc!r}", RuntimeWarning, stacklevel=1)

@@ -103,6 +103,7 @@ class Lease:
     _lost_reason: str | None = None
     previous_owner_died: bool = False
     backend_data: Any = None
+    _death_cb: Any = None  # the owner task's done-callback (see _core.owner.track_task_death)
 
     def __init__(
         self,

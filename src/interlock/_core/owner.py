@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from . import reaper
@@ -118,3 +119,39 @@ def owner_label(owner: Owner) -> str:
     if isinstance(owner, asyncio.Task):
         return f"task {owner.get_name()!r}"
     return repr(owner)
+
+
+class _TaskDeath:
+    """Done-callback tying an owned grant (lock, RW lock) to its task's life. Holds the Lease weakly:
+    a dropped Lease is the garbage collector's business, not the task's."""
+
+    __slots__ = ("lease_ref",)
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease_ref = weakref.ref(lease)
+
+    def __call__(self, task: asyncio.Task[Any]) -> None:
+        lease = self.lease_ref()
+        if lease is not None and lease._state == 0:  # HELD: the task ended without releasing it
+            reaper.abandon(lease, f"its owner task {task.get_name()!r} ended while holding it")
+
+
+def track_task_death(lease: Lease) -> None:
+    """If a task owns ``lease``, return the grant when the task ends without releasing it. (Threads
+    need no per-acquire work: the reaper calls ``Backend.owner_ended`` when a thread ends.)"""
+    owner = lease.owner
+    if isinstance(owner, asyncio.Task):
+        cb = _TaskDeath(lease)
+        lease._death_cb = cb
+        owner.add_done_callback(cb)
+
+
+def untrack_task_death(lease: Lease) -> None:
+    """The grant ended normally: drop the task's done-callback (long-lived tasks must not collect them)."""
+    cb = lease._death_cb
+    if cb is not None:
+        lease._death_cb = None
+        try:
+            lease.owner.remove_done_callback(cb)
+        except Exception:  # the task's loop is gone; nothing left to unhook
+            pass

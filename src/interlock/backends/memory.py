@@ -24,7 +24,7 @@ from collections import deque
 from typing import Any
 
 from .._core import deadlock
-from .._core.owner import owner_label
+from .._core.owner import owner_label, track_task_death, untrack_task_death
 from .._core.waiter import CANCELLED, GRANTED, WAITING, TaskWaiter, ThreadWaiter, Waiter, pop_grantable
 from .._errors import AcquireTimeout, BlockingCallInEventLoop, InvalidArgument, OverRelease, WouldBlock
 from .._lease import Lease
@@ -38,13 +38,6 @@ _current_task = asyncio.current_task
 _tokens = itertools.count(1)
 _new_lease = Lease.__new__
 _monotonic = time.monotonic
-
-
-def _on_task_done(lease: Lease, task: asyncio.Task[Any]) -> None:
-    if lease._state == 0:  # HELD: the task ended without releasing its lock
-        from .._core import reaper
-
-        reaper.abandon(lease, f"its owner task {task.get_name()!r} ended while holding it")
 
 
 class MemoryChannel(Channel):
@@ -105,23 +98,6 @@ class MemoryChannel(Channel):
         if not blocking or timeout == 0:
             raise WouldBlock(f"{self.describe()} cannot grant {permits} permit(s) now", name=self.name,
                              permits=permits)
-
-    @staticmethod
-    def _track_task(lease: Lease) -> None:
-        """Owned grants (locks, RW locks) taken by a task end with the task: a done-callback returns
-        them. (Threads need no per-acquire work: see ``MemoryBackend.owner_ended``.)"""
-        owner = lease.owner
-        if isinstance(owner, asyncio.Task):
-            cb = _TaskDeath(lease)
-            lease.backend_data = cb
-            owner.add_done_callback(cb)
-
-    @staticmethod
-    def _untrack_task(lease: Lease) -> None:
-        cb = lease.backend_data
-        if cb is not None:
-            lease.backend_data = None
-            lease.owner.remove_done_callback(cb)
 
     def reclaim_owner(self, owner: Any) -> None:
         """Return every grant held by ``owner`` (a thread that ended); the next grant learns of it."""
@@ -196,7 +172,7 @@ class MemoryChannel(Channel):
     def acquire_nowait(self, permits: int, owner: Any, site: Any, mode: str, fair: bool) -> Lease | None:
         lease = self._try_grant(permits, owner, site, mode, fair)
         if lease is not None and self._owned:
-            self._track_task(lease)
+            track_task_death(lease)
         return lease
 
     def _wait_thread(self, w: ThreadWaiter, timeout: float | None) -> Lease:
@@ -266,7 +242,7 @@ class MemoryChannel(Channel):
             mutex.release()
         if lease is not None:
             if self._owned:
-                self._track_task(lease)
+                track_task_death(lease)
             return lease
         return await self._wait_task(w, timeout, loop)
 
@@ -301,7 +277,7 @@ class MemoryChannel(Channel):
         lease = w.lease
         assert lease is not None
         if self._owned:
-            self._track_task(lease)
+            track_task_death(lease)
         return lease
 
     def _expire_task_waiter(self, w: TaskWaiter) -> None:
@@ -332,8 +308,8 @@ class MemoryChannel(Channel):
                     self._wake_granted()
         finally:
             mutex.release()
-        if lease.backend_data is not None:
-            self._untrack_task(lease)
+        if lease._death_cb is not None:
+            untrack_task_death(lease)
 
     def try_release_abandoned(self, lease: Lease) -> bool:
         # Called from finalizers: never wait for the mutex (this thread might hold it).
@@ -364,7 +340,7 @@ class MemoryChannel(Channel):
             elif rec is not None:
                 self.available += rec[1]  # bounded: forgetting would shrink capacity forever; refuse
                 self._wake_granted()
-        self._untrack_task(lease)
+        untrack_task_death(lease)
 
     def signal(self, permits: int) -> None:
         with self._mutex:
@@ -405,20 +381,6 @@ class MemoryChannel(Channel):
 
     def locked(self) -> bool:
         return self.available < 1 or bool(self.waiters)
-
-
-class _TaskDeath:
-    """Done-callback tying a lock lease to its owner task's life."""
-
-    __slots__ = ("lease_ref",)
-
-    def __init__(self, lease: Lease) -> None:
-        self.lease_ref = weakref.ref(lease)
-
-    def __call__(self, task: asyncio.Task[Any]) -> None:
-        lease = self.lease_ref()
-        if lease is not None:
-            _on_task_done(lease, task)
 
 
 _backends: weakref.WeakSet[MemoryBackend] = weakref.WeakSet()

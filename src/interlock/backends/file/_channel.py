@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..._core import deadlock
-from ..._core.owner import ThreadOwner
+from ..._core.owner import ThreadOwner, track_task_death, untrack_task_death
 from ..._errors import AcquireTimeout, BlockingCallInEventLoop, InvalidArgument, OverRelease, WouldBlock
 from ..._lease import Lease
 from ..._spi import Channel, Statistics
@@ -92,25 +92,6 @@ class Wait:
         self.timed_out = False
         self.fut: asyncio.Future[None] | None = None
         self.slot: Any = None  # a blocking thread's wake-up slot (SemSlot or WakeSocket)
-
-
-def _on_task_done(lease: Lease, task: asyncio.Task[Any]) -> None:
-    if lease._state == 0:  # HELD: the task ended without releasing its lock
-        from ..._core import reaper
-
-        reaper.abandon(lease, f"its owner task {task.get_name()!r} ended while holding it")
-
-
-class _TaskDeath:
-    __slots__ = ("lease_ref",)
-
-    def __init__(self, lease: Lease) -> None:
-        self.lease_ref = _ref(lease)
-
-    def __call__(self, task: asyncio.Task[Any]) -> None:
-        lease = self.lease_ref()
-        if lease is not None:
-            _on_task_done(lease, task)
 
 
 class FileChannel(Channel):
@@ -233,25 +214,6 @@ class FileChannel(Channel):
             self._refresh_waiters()
         return lease
 
-    def _track_task(self, lease: Lease) -> None:
-        """Owned grants (locks, RW locks) taken by a task end with the task. (Threads need no
-        per-acquire work: the reaper calls ``FileBackend.owner_ended`` when a thread ends.)"""
-        owner = lease.owner
-        if isinstance(owner, asyncio.Task):
-            cb = _TaskDeath(lease)
-            lease.backend_data = cb
-            owner.add_done_callback(cb)
-
-    @staticmethod
-    def _untrack_task(lease: Lease) -> None:
-        cb = lease.backend_data
-        if cb is not None:
-            lease.backend_data = None
-            try:
-                lease.owner.remove_done_callback(cb)
-            except Exception:
-                pass
-
     def _doomed(self, permits: int) -> None:
         if self.bounded and permits > self._capacity:
             raise InvalidArgument(
@@ -342,7 +304,7 @@ class FileChannel(Channel):
     def acquire_nowait(self, permits: int, owner: Any, site: Any, mode: str, fair: bool) -> Lease | None:
         lease = self._fast(permits, owner, site, mode, fair)
         if lease is not None and self._owned:
-            self._track_task(lease)
+            track_task_death(lease)
         return lease
 
     async def acquire_async(
@@ -364,7 +326,7 @@ class FileChannel(Channel):
                 if lease is None:
                     lease = await self._wait_task(w, hub, timeout, loop)
         if self._owned:
-            self._track_task(lease)
+            track_task_death(lease)
         return lease
 
     def _try_after_reclaim(self, permits: int, owner: Any, site: Any, mode: str, fair: bool) -> Lease | None:
@@ -714,8 +676,8 @@ class FileChannel(Channel):
                 _flock(fd, _LOCK_UN)
         finally:
             mutex.release()
-        if lease.backend_data is not None:
-            self._untrack_task(lease)
+        if lease._death_cb is not None:
+            untrack_task_death(lease)
 
     def try_release_abandoned(self, lease: Lease) -> bool:
         # Called from finalizers: never wait, neither for the mutex (this thread might hold it) nor for
@@ -761,8 +723,8 @@ class FileChannel(Channel):
                 self._send(wakes)
             finally:
                 sf.unlock()
-        if lease.backend_data is not None:
-            self._untrack_task(lease)
+        if lease._death_cb is not None:
+            untrack_task_death(lease)
 
     def signal(self, permits: int) -> None:
         if self.bounded:
@@ -836,6 +798,6 @@ class FileChannel(Channel):
                 lease._state = 2  # LOST, without running callbacks in the fork handler
                 lease._lost_reason = "the process forked: the child does not hold its parent's grants"
                 lease._lost_callbacks = None
-                lease.backend_data = None
+                lease._death_cb = None
         self._r_lease = None
         self._r_depth = 0

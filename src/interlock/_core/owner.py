@@ -132,8 +132,16 @@ class _TaskDeath:
 
     def __call__(self, task: asyncio.Task[Any]) -> None:
         lease = self.lease_ref()
-        if lease is not None and lease._state == 0:  # HELD: the task ended without releasing it
-            reaper.abandon(lease, f"its owner task {task.get_name()!r} ended while holding it")
+        if lease is None or lease._state != 0:  # not HELD any more
+            return
+        handed_over = getattr(task, "_result", None) is lease
+        if handed_over:
+            # The task returned the Lease (asyncio.wait_for on 3.10/3.11, create_task(acquire_async()),
+            # gather): the grant was handed to whoever awaits the task, not abandoned. (``_result`` is
+            # read instead of ``result()``, which would mark a failed task's exception as retrieved.)
+            lease._death_cb = None
+            return
+        reaper.abandon(lease, f"its owner task {task.get_name()!r} ended while holding it")
 
 
 def track_task_death(lease: Lease) -> None:

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 import interlock
-from contract.helpers import LONG, assert_idle, await_until, unique
+from contract.helpers import LONG, assert_idle, await_until, settle, unique
 
 
 def _names(url: str) -> tuple[interlock.Lock, interlock.Semaphore, interlock.RWLock]:
@@ -254,3 +254,41 @@ def test_two_event_loops_share_one_primitive(backend_url: str) -> None:
     assert not errors, errors
     assert 1 <= peak <= 2
     assert_idle(sem)
+
+
+def test_lease_returned_through_a_helper_task_stays_held(backend_url: str) -> None:
+    """``wait_for`` (a helper task on 3.10/3.11), ``create_task`` and ``gather`` run the acquire in a task
+    that ends by returning the Lease: that hands the grant over, it does not abandon it."""
+    lock, _, rw = _names(backend_url)
+
+    async def main() -> None:
+        for get in (
+            lambda: asyncio.wait_for(lock.acquire_async(), LONG),
+            lambda: asyncio.create_task(lock.acquire_async()),
+            lambda: asyncio.create_task(rw.acquire_write_async()),
+        ):
+            lease = await get()
+            for _ in range(5):
+                await asyncio.sleep(0)  # let the helper task's done-callbacks run
+            await asyncio.to_thread(settle)
+            assert lease.held, "the grant was reclaimed as if its owner had died"
+            prim = rw if lease.mode == "exclusive" and lease.permits > 1 else lock
+            assert prim.locked()
+            with pytest.raises(interlock.WouldBlock):
+                await asyncio.create_task(_nonblocking(prim))
+            await lease.release_async()
+            assert_idle(prim)
+        leases = await asyncio.gather(rw.acquire_read_async(), rw.acquire_read_async())
+        await asyncio.to_thread(settle)
+        assert all(le.held for le in leases) and len(rw.statistics().holders) == 2
+        for le in leases:
+            await le.release_async()
+        assert_idle(rw)
+
+    asyncio.run(main())
+
+
+async def _nonblocking(prim: object) -> interlock.Lease:
+    if isinstance(prim, interlock.RWLock):
+        return await prim.acquire_read_async(blocking=False)
+    return await prim.acquire_async(blocking=False)  # type: ignore[attr-defined, no-any-return]

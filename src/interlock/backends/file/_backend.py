@@ -362,8 +362,13 @@ class FileBackend(Backend):
             hub.sock.close()
         self._infos = {}
         self.waker.after_fork_in_child()
+        held = {}
         for ch in list(self._channels.values()):
-            ch.after_fork_in_child()
+            tokens = ch.after_fork_in_child()
+            if tokens:
+                held[ch] = tokens
+        if held:
+            FileChannel.mark_forked_leases_lost(held)
 
     def close(self) -> None:
         """Close sockets and idle resources of this process (held grants are not released)."""

@@ -97,7 +97,7 @@ class Wait:
 class FileChannel(Channel):
     """See the module docstring. Invariants (under ``_mutex``):
 
-    * ``_local`` maps token -> (owner, permits, mode, acquired_at, weakref to Lease) for every grant of
+    * ``_local`` maps token -> (owner, permits, mode, acquired_at) for every grant of
       this process that a Lease was handed out for and that was not released; the state file has a
       holder record for each of them with this process's id.
     * ``_sf`` is None only after a fork (reopened on next use); ``_proc`` is 0 only then too.
@@ -112,7 +112,7 @@ class FileChannel(Channel):
         self._mutex = _thread.allocate_lock()
         self._owned = kind != "semaphore"
         self._name_raw = encode_name(name)
-        self._local: dict[int, tuple[Any, int, str, float, weakref.ref[Lease]]] = {}
+        self._local: dict[int, tuple[Any, int, str, float]] = {}
         self._sf: StateFile | None = None
         self._proc = 0
         # The queued waits of this process (wid -> Wait), to poke them when a peer dies.
@@ -177,7 +177,7 @@ class FileChannel(Channel):
         lease.acquired_at = at = _monotonic()
         if prev:
             lease.previous_owner_died = True
-        self._local[token] = (owner, permits, mode, at, _ref(lease))
+        self._local[token] = (owner, permits, mode, at)
         return lease
 
     def _fast(self, permits: int, owner: Any, site: Any, mode: str, fair: bool) -> Lease | None:
@@ -207,7 +207,7 @@ class FileChannel(Channel):
             lease.acquired_at = at = _monotonic()
             if r[1]:
                 lease.previous_owner_died = True
-            self._local[token] = (owner, permits, mode, at, _ref(lease))
+            self._local[token] = (owner, permits, mode, at)
         finally:
             mutex.release()
         if r[2]:
@@ -286,7 +286,7 @@ class FileChannel(Channel):
                 lease.acquired_at = now
                 if r[1]:
                     lease.previous_owner_died = True
-                self._local[token] = (owner, permits, mode, now, _ref(lease))
+                self._local[token] = (owner, permits, mode, now)
         finally:
             mutex.release()
         if r is not None:
@@ -483,7 +483,7 @@ class FileChannel(Channel):
                         lease.acquired_at = at = _monotonic()
                         if mode & PREV_DIED:
                             lease.previous_owner_died = True
-                        self._local[token] = (w.owner, permits, w.mode, at, _ref(lease))
+                        self._local[token] = (w.owner, permits, w.mode, at)
                         return lease
                 # Anything else (a refresh, a stale wake-up of an earlier wait on this slot) means: look
                 # at the state, in case a grant's datagram was lost; then watch any new holder.
@@ -647,7 +647,7 @@ class FileChannel(Channel):
         finally:
             sf.unlock()
         if permits < rec[1]:
-            self._local[token] = (rec[0], rec[1] - permits, rec[2], rec[3], rec[4])
+            self._local[token] = (rec[0], rec[1] - permits, rec[2], rec[3])
         else:
             del self._local[token]
         return wakes
@@ -661,13 +661,13 @@ class FileChannel(Channel):
             if rec is None:
                 return  # not held by this process any more (released, reclaimed, or a forked copy)
             if permits < rec[1]:  # a partial release keeps the rest
-                self._local[token] = (rec[0], rec[1] - permits, rec[2], rec[3], rec[4])
+                self._local[token] = (rec[0], rec[1] - permits, rec[2], rec[3])
             sf = self._sf
             assert sf is not None
             fd = sf.fd
             _flock(fd, _LOCK_EX)
             try:
-                wakes = sf.release_locked(token, self._proc, permits, abandoned, _monotonic(), False, True,
+                wakes = sf.release_locked(token, self._proc, permits, abandoned, None, False, True,
                                           self._sender)[1]
                 if wakes:
                     # Deliver before unlocking (see _send): the grantees need no lock to take them.
@@ -706,7 +706,7 @@ class FileChannel(Channel):
                 self._send(wakes)
             finally:
                 sf.unlock()
-            self._local[lease.token] = (rec[0], 1, "shared", rec[3], rec[4])
+            self._local[lease.token] = (rec[0], 1, "shared", rec[3])
             lease.permits = 1
             lease.mode = "shared"
 
@@ -776,10 +776,11 @@ class FileChannel(Channel):
         return avail < 1 or nw > 0
 
     # -- fork ----------------------------------------------------------------------------------------
-    def after_fork_in_child(self) -> None:
+    def after_fork_in_child(self) -> set[int]:
         """The child is another process: it holds none of the parent's grants and has none of its
-        waiters. Leases copied from the parent are marked lost; the state file is reopened on next use
-        (the inherited descriptor shares the parent's flock, so it must never be used, nor unlocked)."""
+        waiters. Returns the tokens this process held (their Lease copies are marked lost by the backend);
+        the state file is reopened on next use (the inherited descriptor shares the parent's flock, so
+        it must never be used, nor unlocked)."""
         self._mutex = _thread.allocate_lock()
         sf, self._sf = self._sf, None
         self._proc = 0
@@ -792,12 +793,22 @@ class FileChannel(Channel):
                 pass
         self._waits = {}
         local, self._local = self._local, {}
-        for rec in local.values():
-            lease = rec[4]()
-            if lease is not None and lease._state == 0:
-                lease._state = 2  # LOST, without running callbacks in the fork handler
-                lease._lost_reason = "the process forked: the child does not hold its parent's grants"
-                lease._lost_callbacks = None
-                lease._death_cb = None
         self._r_lease = None
         self._r_depth = 0
+        return set(local)
+
+    @staticmethod
+    def mark_forked_leases_lost(held: dict[FileChannel, set[int]]) -> None:
+        """The parent held grants when it forked: mark the child's copies of those Leases lost (without
+        running callbacks in the fork handler). One scan of the heap, only in that rare case."""
+        import gc
+
+        for obj in gc.get_objects():
+            if type(obj) is Lease and obj._state == 0:
+                tokens = held.get(obj._channel)  # type: ignore[call-overload]
+                if tokens is not None and obj.token in tokens:
+                    obj._state = 2  # LOST
+                    obj._lost_reason = "the process forked: the child does not hold its parent's grants"
+                    obj._lost_callbacks = None
+                    obj.backend_data = None
+

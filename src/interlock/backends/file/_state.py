@@ -61,6 +61,13 @@ _Q = struct.Struct("<Q")
 _PERM = struct.Struct("<q")
 _PROC_WID = struct.Struct("<QQ")
 _SOCK = struct.Struct("<I")
+# Bound once: the hot paths (an uncontended grant and release) call these on every operation.
+_TOP_UNPACK = _TOP.unpack_from
+_SLOT_UNPACK = _SLOT.unpack_from
+_SLOT_PACK = _SLOT.pack_into
+_REC_PACK = _REC.pack_into
+_Q_UNPACK = _Q.unpack_from
+_KPWP_UNPACK = _KPWP.unpack_from
 SLOT_HDR = _SLOT.size
 REC = _REC.size
 assert REC == 80 and SLOT_HDR == 48 and _HEAD.size == 64
@@ -316,7 +323,7 @@ class StateFile:
         uncontended acquire: written for speed, one unpack per structure.)
         """
         m = self.m
-        sel, o0, s0, o1, s1 = _TOP.unpack_from(m, 8)
+        sel, o0, s0, o1, s1 = _TOP_UNPACK(m, 8)
         if o0 + s0 > self.mlen or o1 + s1 > self.mlen:
             self._remap(os.fstat(self.fd).st_size)
             m = self.m
@@ -324,7 +331,7 @@ class StateFile:
             off, dst, dsize = o1, o0, s0
         else:
             off, dst, dsize = o0, o1, s1
-        cap, avail, last, ticket, nh, nw, flags, epoch = _SLOT.unpack_from(m, off)
+        cap, avail, last, ticket, nh, nw, flags, epoch = _SLOT_UNPACK(m, off)
         if avail < permits or (nw and fair):
             return None
         lh = nh * REC
@@ -338,12 +345,12 @@ class StateFile:
             m[d:d + lh] = m[src:src + lh]
         token = last + 1
         prev = flags & F_PREV_DIED
-        _REC.pack_into(m, d + lh, token, proc, 0, permits, now, 0, mode | (PREV_DIED if prev else 0), label)
+        _REC_PACK(m, d + lh, token, proc, 0, permits, now, 0, mode | (PREV_DIED if prev else 0), label)
         if lw:
             # A barging (fair=False) grant: waiters must learn of a holder they do not watch yet.
             m[d + lh + REC:d + lh + REC + lw] = m[src + lh:src + lh + lw]
             epoch += 1
-        _SLOT.pack_into(m, dst, cap, avail - permits, token, ticket, nh + 1, nw, flags & ~F_PREV_DIED,
+        _SLOT_PACK(m, dst, cap, avail - permits, token, ticket, nh + 1, nw, flags & ~F_PREV_DIED,
                         epoch & 0xFFFFFFFF)
         m[8] = sel ^ 1
         return token, bool(prev), nw
@@ -432,16 +439,17 @@ class StateFile:
             i += REC
         return avail, last, flags, b"".join(granted), waiters[i:], wakes
 
-    def release_locked(self, token: int, proc: int, permits: int | None, abandoned: bool, now: float,
+    def release_locked(self, token: int, proc: int, permits: int | None, abandoned: bool, now: float | None,
                        forget: bool = False, bounded: bool = True,
                        send: Callable[[list[Wake]], None] | None = None) -> tuple[bool, list[Wake]]:
         """Return ``permits`` (all if None) of grant ``token`` and grant waiters that now fit.
 
         ``forget`` drops the grant without returning its permits (an unbounded semaphore's capacity
-        shrinks instead). Returns (found, wakes still to send: the handoff path may have delivered
-        them already through ``send``)."""
+        shrinks instead). ``now`` (monotonic) stamps new grants; None reads the clock only if needed.
+        Returns (found, wakes still to send: the handoff path may have delivered them already through
+        ``send``)."""
         m = self.m
-        sel, o0, s0, o1, s1 = _TOP.unpack_from(m, 8)
+        sel, o0, s0, o1, s1 = _TOP_UNPACK(m, 8)
         if o0 + s0 > self.mlen or o1 + s1 > self.mlen:
             self._remap(os.fstat(self.fd).st_size)
             m = self.m
@@ -449,16 +457,16 @@ class StateFile:
             off, dst, dsize = o1, o0, s0
         else:
             off, dst, dsize = o0, o1, s1
-        cap, avail, last, ticket, nh, nw, flags, epoch = _SLOT.unpack_from(m, off)
+        cap, avail, last, ticket, nh, nw, flags, epoch = _SLOT_UNPACK(m, off)
         src = off + SLOT_HDR
-        if nh and _Q.unpack_from(m, src)[0] == token:
+        if nh and _Q_UNPACK(m, src)[0] == token:
             i = 0
         else:
             i = _find(m, src, nh, _Q.pack(token))
             if i < 0:
                 return False, _NO_WAKES
         at = src + i * REC
-        _, rproc, _, rpermits = _KPWP.unpack_from(m, at)
+        _, rproc, _, rpermits = _KPWP_UNPACK(m, at)
         if rproc != proc:
             return False, _NO_WAKES
         lh = nh * REC
@@ -476,9 +484,11 @@ class StateFile:
             rest = src + lh - at - REC
             if rest:
                 m[d + i * REC:d + i * REC + rest] = m[at + REC:src + lh]
-            _SLOT.pack_into(m, dst, cap, avail + rpermits, last, ticket, nh - 1, 0, flags, epoch)
+            _SLOT_PACK(m, dst, cap, avail + rpermits, last, ticket, nh - 1, 0, flags, epoch)
             m[8] = sel ^ 1
             return True, _NO_WAKES
+        if now is None:
+            now = time.monotonic()
         if nw and not forget and (permits is None or permits >= rpermits):
             # A full release handed to the head of the queue (the handoff path). The grants are decided
             # first and delivered through ``send`` BEFORE the new state is written, so the commit runs

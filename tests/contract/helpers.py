@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import gc
 import itertools
 import queue
@@ -289,8 +290,12 @@ class Actors:
 
 
 def actors_cm(flavour: str) -> Iterator[Actors]:
+    """Generator for fixtures (``yield from actors_cm(...)``)."""
     acts = Actors(flavour)
     try:
         yield acts
     finally:
         acts.close()
+
+
+actors_ctx = contextlib.contextmanager(actors_cm)

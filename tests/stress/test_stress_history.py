@@ -419,7 +419,8 @@ def test_asyncio_random_cancellation_on_every_backend(kind: str, backend_url: st
     run = _AsyncRun(kind, seed, backend_url)
     asyncio.run(run.main(workers=12, iterations=scaled(15)))
     events = run.rec.events()
-    print(f"{kind} on {backend_url.split('?', maxsplit=1)[0]}: {run.granted} grants, {run.cancelled_outcomes} cancelled")
+    where = backend_url.split('?', maxsplit=1)[0]
+    print(f"{kind} on {where}: {run.granted} grants, {run.cancelled_outcomes} cancelled")
     if kind == "rwlock":
         _assert_clean(check_rw(events), "rw exclusion/tokens")
     else:

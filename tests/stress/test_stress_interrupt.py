@@ -93,7 +93,7 @@ def test_keyboard_interrupt_in_acquire_leaks_nothing(kind: str, how: str, seed: 
     main_ident = threading.get_ident()
     stop = threading.Event()
     unraisable: list[str] = []
-    wanted = scaled(120)
+    wanted = scaled(100)
 
     def contender(i: int) -> None:
         crng = random.Random(seed + i)
@@ -158,8 +158,12 @@ def test_keyboard_interrupt_in_acquire_leaks_nothing(kind: str, how: str, seed: 
                     where = _interlock_frames(exc)
                     del exc
                 if where:
-                    gc.collect()  # a Lease dropped by the interrupted call is returned now
+                    # A Lease dropped by the interrupted call was returned by its finalizer when the
+                    # traceback went away; a full collection (slow in a big test process) only if not.
                     mine = held_by_main()
+                    if mine:
+                        gc.collect()
+                        mine = held_by_main()
                     if mine:
                         failure = (f"after KeyboardInterrupt #{interrupts} raised at {where}, the main thread "
                                    f"still holds {mine}")

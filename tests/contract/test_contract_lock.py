@@ -110,7 +110,7 @@ def test_timeout_leaves_queue(backend_url: str, actors: Actors) -> None:
     assert ei.value.name == lock.name
     wait_waiters(lock, 0)
     a.release(la).result(LONG)
-    lc = c.acquire(lock, blocking=False).result(LONG)  # the timed-out waiter holds nothing
+    lc = c.acquire(lock, timeout=LONG).result(LONG)  # the timed-out waiter holds nothing
     c.release(lc).result(LONG)
     assert_idle(lock)
 

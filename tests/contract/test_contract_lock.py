@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -10,7 +11,7 @@ import interlock
 from contract.helpers import LONG, SHORT, Actors, assert_idle, n_holders, unique, wait_until, wait_waiters
 
 
-def _lock(url: str, cls: type = interlock.Lock) -> interlock.Lock:
+def _lock(url: str, cls: type[interlock.Lock] = interlock.Lock) -> interlock.Lock:
     return cls(unique("lock"), url=url)
 
 
@@ -93,7 +94,7 @@ def test_no_barging(backend_url: str, actors: Actors) -> None:
     assert_idle(lock)
 
 
-def _async_try(prim: interlock.Lock) -> object:
+def _async_try(prim: interlock.Lock) -> Callable[[], Awaitable[object]]:
     async def f() -> object:
         return prim.try_acquire()
 
@@ -107,7 +108,7 @@ def test_timeout_leaves_queue(backend_url: str, actors: Actors) -> None:
     with pytest.raises(interlock.AcquireTimeout) as ei:
         b.acquire(lock, timeout=SHORT).result(LONG)
     assert isinstance(ei.value, TimeoutError)
-    assert ei.value.name == lock.name
+    assert vars(ei.value)["name"] == lock.name
     wait_waiters(lock, 0)
     a.release(la).result(LONG)
     lc = c.acquire(lock, timeout=LONG).result(LONG)  # the timed-out waiter holds nothing
@@ -138,7 +139,7 @@ def test_release_by_non_owner_raises(backend_url: str, actors: Actors) -> None:
     la = a.acquire(lock).result(LONG)
     with pytest.raises(interlock.NotOwnerError) as ei:
         b.prim_release(lock).result(LONG)
-    assert isinstance(ei.value, RuntimeError) and ei.value.name == lock.name
+    assert isinstance(ei.value, RuntimeError) and vars(ei.value)["name"] == lock.name
     assert la.held and lock.locked()
     a.prim_release(lock).result(LONG)  # the owner may
     assert not la.held

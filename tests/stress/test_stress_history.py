@@ -36,7 +36,6 @@ from stress.helpers import scaled
 
 pytestmark = [pytest.mark.stress, pytest.mark.timeout(300)]
 
-HAS_TIMEOUT_CM = sys.version_info >= (3, 11)
 
 
 def _url() -> str:
@@ -308,7 +307,7 @@ class _AsyncRun:
         rng = self.rng
         permits, mode, acquire = self._request()
         style = "plain" if patient else rng.choice(["plain", "timeout_cm", "wait_for", "timeout_arg"])
-        if style == "timeout_cm" and not HAS_TIMEOUT_CM:
+        if style == "timeout_cm" and sys.version_info < (3, 11):
             style = "timeout_arg"
         me = asyncio.current_task()
         assert me is not None
@@ -321,7 +320,7 @@ class _AsyncRun:
         try:
             if style == "plain":
                 lease = await acquire()
-            elif style == "timeout_cm":
+            elif style == "timeout_cm" and sys.version_info >= (3, 11):
                 async with asyncio.timeout(rng.uniform(0, 0.003)):
                     lease = await acquire()
             elif style == "wait_for":

@@ -77,15 +77,19 @@ _PING = b"*1\r\n$4\r\nPING\r\n"
 class _Call:
     """Run one script (retrying transient failures with the same request id until ``until``)."""
 
-    __slots__ = ("args", "future", "retried", "script", "target", "until", "wait")
+    __slots__ = ("after", "args", "future", "retried", "script", "target", "until", "wait")
 
     def __init__(self, script: S.Script, target: Target, args: tuple[str | bytes | int, ...],
-                 until: float | None, wait: bool = False) -> None:
+                 until: float | None, wait: bool = False,
+                 after: concurrent.futures.Future[Any] | None = None) -> None:
         self.script = script
         self.target = target
         self.args = args
         self.until = until
         self.wait = wait  # follow with WAIT <replicas> on the same connection
+        # Send only once this call has finished: a cancel must reach the server after an in-flight
+        # re-queue of the same request id, or it would withdraw nothing and leave an orphan behind.
+        self.after = after
         self.retried = False
         self.future: concurrent.futures.Future[Any] | None = None
 
@@ -94,8 +98,8 @@ class _Cell:
     """A queued request of this process. ``state`` changes only under the backend mutex; the grant
     (``token``, ``died``) is delivered by the subscriber thread or the maintenance thread."""
 
-    __slots__ = ("args", "channel", "confirmed", "died", "fut", "id", "lock", "loop", "signalled", "state",
-                 "token")
+    __slots__ = ("args", "channel", "confirmed", "died", "fut", "id", "inflight", "lock", "loop", "repoll",
+                 "signalled", "state", "token")
 
     def __init__(self, channel: RedisChannel, rid: str, loop: asyncio.AbstractEventLoop | None) -> None:
         self.channel = channel
@@ -103,7 +107,15 @@ class _Cell:
         self.state = WAITING
         self.token = 0
         self.died = False
-        self.confirmed = 0.0  # monotonic send time of the last acquire/renewal the server confirmed
+        # Monotonic send time of the last acquire/renewal the server confirmed; 0.0 until the server
+        # has replied that the request is queued. Renewals and polls only look at confirmed cells: an
+        # unconfirmed id is unknown to the server because its ACQUIRE is still in flight, not because
+        # the server forgot it (re-queueing it then would race with the grant in the reply).
+        self.confirmed = 0.0
+        # The re-queue (ACQUIRE again after the server forgot the request) in flight, if any; set and
+        # cleared under the backend mutex, only while the cell is WAITING.
+        self.inflight: concurrent.futures.Future[Any] | None = None
+        self.repoll = False  # the subscription was re-established before this cell was confirmed
         self.loop = loop
         self.args: tuple[str | bytes | int, ...] = ()  # the ACQUIRE arguments (to queue it again)
         # Thread cells: ``lock`` is held by the waiting thread except after a wake-up (a grant, or a
@@ -243,8 +255,11 @@ class RedisChannel(Channel):
                 b._withdraw(cell)
             raise self._mismatch(r)
         assert cell is not None
-        cell.confirmed = sent
-        b._schedule_poll(self, int(r[1]))
+        with b._mx:
+            cell.confirmed = sent
+            repoll = cell.repoll
+        # (a re-subscription while the ACQUIRE was in flight may have lost our grant message: poll now)
+        b._schedule_poll(self, 0 if repoll else int(r[1]))
         # While we queue (FIFO), the set of holders can only shrink: if it was all ours, it stays so.
         self._local_only = len(r) > 2 and r[2] == 1
         try:
@@ -252,19 +267,19 @@ class RedisChannel(Channel):
         except BaseException:
             self._local_only = False
             b._withdraw(cell)
-            yield _Call(S.CANCEL, self.target, (rid, "r"), _monotonic() + b.opts.ttl)
+            yield _Call(S.CANCEL, self.target, (rid, "r"), _monotonic() + b.opts.ttl, after=cell.inflight)
             raise
         try:
             got = yield _Wait(cell, deadline)
         except BaseException:
             b._withdraw(cell)
-            b._defer_cancel(self, rid, None)  # releases a grant that raced with the interrupt
+            b._defer_cancel(self, rid, cell.inflight)  # releases a grant that raced with the interrupt
             raise
         finally:
             deadlock.leave_wait(owner)
             self._local_only = False
         if not got and b._withdraw(cell):
-            r = yield _Call(S.CANCEL, self.target, (rid, "k"), _monotonic() + b.opts.ttl)
+            r = yield _Call(S.CANCEL, self.target, (rid, "k"), _monotonic() + b.opts.ttl, after=cell.inflight)
             if r[0] == 2:  # granted just before the cancel arrived: keep it
                 return (yield from self._granted(rid, int(r[1]), bool(r[2]), cell.confirmed, permits, owner,
                                                  site, mode))
@@ -615,6 +630,9 @@ class RedisBackend(Backend):
     def _call(self, op: _Call) -> Any:
         """Run a script, retrying transient failures (same request id) until ``op.until``."""
         t = self.transport
+        if op.after is not None:
+            left = None if op.until is None else max(0.0, op.until - _monotonic())
+            concurrent.futures.wait((op.after,), timeout=left)
         attempt = 0
         while True:
             try:
@@ -1013,6 +1031,9 @@ class RedisBackend(Backend):
             for ch in self._active:
                 if ch._cells:
                     ch._poll_at = now
+                    for cell in ch._cells.values():
+                        if not cell.confirmed:  # its ACQUIRE is in flight: poll once it is queued
+                            cell.repoll = True
         self._wake.set()
 
     def _maintain(self, pid: int) -> None:
@@ -1105,7 +1126,9 @@ class RedisBackend(Backend):
 
     def _renew_all(self) -> None:
         with self._mx:
-            work = [(ch, list(ch._leases), list(ch._cells)) for ch in self._active]
+            # (unconfirmed cells are left out: see _Cell.confirmed)
+            work = [(ch, list(ch._leases), [rid for rid, c in ch._cells.items() if c.confirmed])
+                    for ch in self._active]
         work = [(ch, ls, cs) for ch, ls, cs in work if ls or cs]
         if not work:
             return
@@ -1153,7 +1176,7 @@ class RedisBackend(Backend):
 
     def _poll(self, ch: RedisChannel) -> None:
         with self._mx:
-            ids = list(ch._cells)
+            ids = [rid for rid, c in ch._cells.items() if c.confirmed]  # see _Cell.confirmed
         if not ids:
             return
         sent = _monotonic()
@@ -1177,26 +1200,32 @@ class RedisBackend(Backend):
         or the server restarted): queue it again, at the back."""
         with self._mx:
             cell = self._cells.get(rid)
-        if cell is None or cell.state != WAITING:
-            return
-        args = cell.args
-        sent = _monotonic()
+            if cell is None or cell.state != WAITING or cell.inflight is not None:
+                return
+            # Invariant: while ``inflight`` is set, a waiter that withdraws sends its cancel only after
+            # this ACQUIRE has completed (``_Call.after``), so the server sees the re-queue first and the
+            # cancel then withdraws it (or, for a timeout, keeps a grant it made). Cancelling here
+            # instead would race with that waiter keeping the grant.
+            done = cell.inflight = concurrent.futures.Future()
         try:
-            r = self._call(_Call(S.ACQUIRE, ch.target, args, sent + self.opts.renew_interval))
-        except BackendError:
-            self._schedule_poll(ch, int(self.opts.renew_interval * 1000))
-            return
-        if r[0] == 1:
-            with self._mx:
+            args = cell.args
+            sent = _monotonic()
+            try:
+                r = self._call(_Call(S.ACQUIRE, ch.target, args, sent + self.opts.renew_interval))
+            except BackendError:
+                self._schedule_poll(ch, int(self.opts.renew_interval * 1000))
+                return
+            if r[0] == 1:
+                with self._mx:
+                    cell.confirmed = sent
+                self._deliver(rid, int(r[1]), bool(r[2]))
+            elif r[0] == 0:
                 cell.confirmed = sent
-            self._deliver(rid, int(r[1]), bool(r[2]))
-        elif r[0] == 0:
-            cell.confirmed = sent
-            self._schedule_poll(ch, int(r[1]))
-        with self._mx:
-            withdrawn = cell.state == CANCELLED
-        if withdrawn:
-            self._cancel_now(ch, rid)
+                self._schedule_poll(ch, int(r[1]))
+        finally:
+            with self._mx:
+                cell.inflight = None
+            done.set_result(None)
 
     # -- inspection --------------------------------------------------------------------------------
     def _statistics(self, name: str, target: Target) -> Statistics | None:

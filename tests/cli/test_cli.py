@@ -192,3 +192,26 @@ def test_demo_shows_never_more_than_the_permits() -> None:
     assert "never more than 3 at once: yes" in out.stdout
     holders_row = next(line for line in out.stdout.splitlines() if line.strip().startswith("holders |"))
     assert max(int(c) for c in holders_row.split("|")[1]) <= 3
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")  # a zombie has exited
+    except FileNotFoundError:
+        return True
+
+
+def test_a_killed_interlock_takes_its_command_along(env: dict[str, str]) -> None:
+    """SIGKILL of `interlock run` (no cleanup possible): the command must not run on without the grant
+    (Linux: PR_SET_PDEATHSIG), and the next waiter gets the grant."""
+    p = start(env, "run", "solo", "--", sys.executable, "-c",
+              "import os, time; print(os.getpid(), flush=True); time.sleep(600)")
+    assert p.stdout is not None
+    command_pid = int(p.stdout.readline())
+    w = start(env, "run", "solo", "--", "true")
+    wait_for(lambda: len(status(env, "solo")["waiters"]) == 1, "waiter queued")  # type: ignore[index, arg-type]
+    p.kill()
+    p.wait(LONG)
+    wait_for(lambda: _gone(command_pid), "the killed interlock's command to exit")
+    assert w.wait(LONG) == 0

@@ -136,6 +136,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    url = getattr(args, "url", None)
+    if url:
+        from .._registry import redact_url
+
+        shown = redact_url(url)
+        if shown != url:
+            # argv is readable by every user of the host (ps, /proc/PID/cmdline): refuse rather than
+            # run with the secret exposed for the whole life of the command.
+            print(f"interlock {args.command}: --url {shown} carries a secret (password or token), which "
+                  "every user on this host can read in the process list; pass the URL in the "
+                  "INTERLOCK_URL environment variable instead", file=sys.stderr)
+            return EXIT_USAGE
     if args.command == "run":
         from ._run import run
 

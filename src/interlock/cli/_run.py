@@ -10,8 +10,9 @@ later (the backend's helpers) has them blocked too and a dedicated thread takes 
   (``si_code == SI_KERNEL``): the terminal sent those to the whole foreground process group, so the
   command already has them and forwarding would deliver them twice.
 
-The command is started with ``posix_spawnp`` with the original signal mask and default SIGPIPE/SIGXFSZ
-(Python ignores those two). Where ``sigwaitinfo`` is missing (macOS), Python handlers do the same job.
+The command is started with the original signal mask and default SIGPIPE/SIGXFSZ (Python ignores those
+two); on Linux it also gets PR_SET_PDEATHSIG=SIGKILL, so it never outlives a killed interlock (see
+``_spawn``). Where ``sigwaitinfo`` is missing (macOS), Python handlers do the same job.
 """
 
 from __future__ import annotations
@@ -160,7 +161,50 @@ def _busy_message(prim: Any, args: argparse.Namespace, why: str) -> str:
     return msg
 
 
+_PR_SET_PDEATHSIG = 1
+_children: dict[int, Any] = {}  # pid -> Popen: kept until reaped (a dropped Popen may reap it itself)
+
+
+def _prctl() -> Any:
+    """libc's ``prctl``, resolved before any fork (the child must only call it)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # pragma: no cover - no usable libc
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    fn.restype = ctypes.c_int
+    return fn
+
+
 def _spawn(cmd: list[str], env: dict[str, str], mask: Any) -> int:
+    """Start the command; return its pid.
+
+    On Linux the command gets PR_SET_PDEATHSIG=SIGKILL: if interlock itself is killed (SIGKILL, the OOM
+    killer), the command dies with it instead of running on without the grant, which the next waiter
+    is about to receive. (``posix_spawn`` cannot set that; the child setup below runs between fork and
+    exec and calls nothing but ``prctl``, ``getppid`` and ``pthread_sigmask``.)
+    """
+    prctl = _prctl()
+    if prctl is not None:
+        import subprocess
+
+        parent = os.getpid()
+
+        def child_setup() -> None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:  # interlock died before prctl took effect
+                os._exit(128 + signal.SIGKILL)
+            if mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+        # restore_signals: default SIGPIPE/SIGXFSZ (Python ignores them); handlers reset at exec.
+        proc = subprocess.Popen(cmd, env=env, preexec_fn=child_setup, restore_signals=True)  # noqa: PLW1509
+        _children[proc.pid] = proc
+        return proc.pid
     setsigdef = [getattr(signal, n) for n in ("SIGPIPE", "SIGXFSZ", "SIGUSR1") if hasattr(signal, n)]
     if hasattr(os, "posix_spawnp"):
         kwargs: dict[str, Any] = {"setsigdef": setsigdef}
@@ -269,6 +313,9 @@ def _run(args: argparse.Namespace, cmd: list[str], url: str, sup: _Supervisor, m
                 break
             except ChildProcessError:  # pragma: no cover - reaped elsewhere
                 return 0
+        proc = _children.pop(pid, None)
+        if proc is not None:
+            proc.returncode = _exit_status(status)  # reaped here: the Popen must not wait for it again
         return _exit_status(status)
     finally:
         try:

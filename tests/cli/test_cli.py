@@ -215,3 +215,28 @@ def test_a_killed_interlock_takes_its_command_along(env: dict[str, str]) -> None
     p.wait(LONG)
     wait_for(lambda: _gone(command_pid), "the killed interlock's command to exit")
     assert w.wait(LONG) == 0
+
+
+def test_waiting_on_a_terminal_shows_the_place_in_line_and_the_holder(env: dict[str, str]) -> None:
+    import pty
+    import select
+
+    h = hold(env, "line")
+    first = start(env, "run", "line", "--", "true")
+    wait_for(lambda: len(status(env, "line")["waiters"]) == 1, "first waiter queued")  # type: ignore[index, arg-type]
+    master, slave = pty.openpty()
+    w = subprocess.Popen([sys.executable, "-m", "interlock", "run", "line", "--", "true"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    seen = ""
+    try:
+        deadline = time.monotonic() + LONG
+        while not ("2nd of 2 in line" in seen and f"held by pid {h.pid}" in seen):
+            assert time.monotonic() < deadline, f"no waiting line on the terminal; got {seen!r}"
+            if select.select([master], [], [], 0.5)[0]:
+                seen += os.read(master, 4096).decode(errors="replace")
+        assert "interlock run line" in seen  # the holder's command line
+    finally:
+        stop(h)
+        assert first.wait(LONG) == 0 and w.wait(LONG) == 0
+        os.close(master)

@@ -718,7 +718,92 @@ def _redis_quote(value: str) -> str:
     return "".join(out)
 
 
-class RedisServer:
+class _ServerProcess:
+    """What RedisServer and PostgreSQL's PostgresServer share: one server child process on a loopback
+    port in a temporary directory, and its lifecycle around ``_launch``/``_terminate``/``pause``."""
+
+    host: str
+    startup_timeout: float
+    _child: Any
+    _port: int | None
+    _dir: Path | None
+    _paused: bool
+    _retry_delay = 0.1  # between attempts to start again on the same port (it may linger in TIME_WAIT)
+
+    def _launch(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def pause(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def resume(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def stop(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the running server process (the postmaster for PostgreSQL), or None."""
+        return self._child.pid if self._child is not None and self._child.alive() else None
+
+    @property
+    def running(self) -> bool:
+        return self._child is not None and bool(self._child.alive())
+
+    @property
+    def is_paused(self) -> bool:
+        return self._paused
+
+    @property
+    def port(self) -> int:
+        """The port clients connect to (the TLS port when TLS is on)."""
+        if self._port is None:
+            raise ServerError("server not started")
+        return self._port
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    @property
+    def directory(self) -> Path:
+        if self._dir is None:
+            raise ServerError("server not started")
+        return self._dir
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "server.log"
+
+    def _relaunch(self, down_for: float) -> None:
+        """After a stop: stay down *down_for* s, then start again on the same port."""
+        if down_for > 0:
+            time.sleep(down_for)
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            try:
+                self._launch()
+                return
+            except ServerError as exc:
+                if "in use" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(self._retry_delay)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """``with server.paused(): ...`` -- SIGSTOP for the duration of the block."""
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume()
+
+
+class RedisServer(_ServerProcess):
     """A ``redis-server`` (or ``valkey-server``) child process on a free loopback port.
 
     Defaults: ``save ""``, ``appendonly no`` (a restart loses all data), ``bind 127.0.0.1``,
@@ -787,42 +872,8 @@ class RedisServer:
     # -- properties -----------------------------------------------------------------------
 
     @property
-    def pid(self) -> int | None:
-        """PID of the running server process, or None."""
-        return self._child.pid if self._child is not None and self._child.alive() else None
-
-    @property
-    def running(self) -> bool:
-        return self._child is not None and self._child.alive()
-
-    @property
-    def is_paused(self) -> bool:
-        return self._paused
-
-    @property
-    def port(self) -> int:
-        """The port clients connect to (the TLS port when TLS is on)."""
-        if self._port is None:
-            raise ServerError("server not started")
-        return self._port
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return (self.host, self.port)
-
-    @property
     def cluster_port(self) -> int | None:
         return self._cluster_port
-
-    @property
-    def directory(self) -> Path:
-        if self._dir is None:
-            raise ServerError("server not started")
-        return self._dir
-
-    @property
-    def log_path(self) -> Path:
-        return self.directory / "server.log"
 
     @property
     def unix_socket_path(self) -> str | None:
@@ -888,9 +939,6 @@ class RedisServer:
 
     def __enter__(self) -> RedisServer:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def start(self) -> RedisServer:
         """Start the server and wait until it answers PING. Returns self."""
@@ -1029,17 +1077,7 @@ class RedisServer:
         Without persistence (the default) every key is lost.
         """
         self._terminate(signal.SIGKILL if hard else signal.SIGTERM)
-        if down_for > 0:
-            time.sleep(down_for)
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            try:
-                self._launch()
-                return
-            except ServerError as exc:
-                if "in use" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        self._relaunch(down_for)
 
     def pause(self) -> None:
         """SIGSTOP the server; returns once the process is really stopped."""
@@ -1053,15 +1091,6 @@ class RedisServer:
         if self._child is not None:
             self._child.resume()
         self._paused = False
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """``with server.paused(): ...`` -- SIGSTOP for the duration of the block."""
-        self.pause()
-        try:
-            yield
-        finally:
-            self.resume()
 
     # -- talking to it --------------------------------------------------------------------
 
@@ -1287,7 +1316,7 @@ def _find_pg_bindir() -> Path:
     raise ServerError("PostgreSQL binaries not found (apt-get install postgresql)")
 
 
-class PostgresServer:
+class PostgresServer(_ServerProcess):
     """A PostgreSQL postmaster on a free loopback port, data in a temporary directory.
 
     PostgreSQL refuses to run as root; when running as root the server, ``initdb`` and
@@ -1297,6 +1326,8 @@ class PostgresServer:
     ``fsync`` and ``full_page_writes`` are off unless *fsync* is true: a committed transaction
     survives a crash of the server process (``restart("kill")``) but not of the machine.
     """
+
+    _retry_delay = 0.2
 
     def __init__(
         self,
@@ -1336,35 +1367,7 @@ class PostgresServer:
     def __enter__(self) -> PostgresServer:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     # -- properties ---------------------------------------------------------------------
-
-    @property
-    def pid(self) -> int | None:
-        """PID of the postmaster, or None."""
-        return self._child.pid if self._child is not None and self._child.alive() else None
-
-    @property
-    def running(self) -> bool:
-        return self._child is not None and self._child.alive()
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise ServerError("server not started")
-        return self._port
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return (self.host, self.port)
-
-    @property
-    def directory(self) -> Path:
-        if self._dir is None:
-            raise ServerError("server not started")
-        return self._dir
 
     @property
     def data_dir(self) -> Path:
@@ -1373,10 +1376,6 @@ class PostgresServer:
     @property
     def socket_dir(self) -> Path:
         return self.directory
-
-    @property
-    def log_path(self) -> Path:
-        return self.directory / "server.log"
 
     @property
     def password(self) -> str | None:
@@ -1544,17 +1543,7 @@ class PostgresServer:
     def restart(self, mode: Literal["smart", "fast", "immediate", "kill"] = "fast", *, down_for: float = 0.0) -> None:
         """Stop with *mode* (``kill`` = SIGKILL, a crash), wait *down_for*, start on the same port."""
         self._terminate(mode)
-        if down_for > 0:
-            time.sleep(down_for)
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            try:
-                self._launch()
-                return
-            except ServerError as exc:
-                if "in use" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        self._relaunch(down_for)
 
     def pause(self) -> None:
         """SIGSTOP the postmaster and all its current children."""

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the system packages interlock's server tests need (idempotent):
-#   redis-server redis-tools postgresql openssl, and gcc + libc6-dev (the optional native accelerator
+#   redis-server redis-tools postgresql openssl faketime, and gcc + libc6-dev (the optional native accelerator
 #   of memory:// is built at install time; without a compiler interlock falls back to pure Python)
 #   [+ any extra package names given as arguments]
 # and make sure no system-wide Redis or PostgreSQL service is left running: the tests start
@@ -10,7 +10,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
-packages=(redis-server redis-tools postgresql openssl gcc libc6-dev "$@")
+packages=(redis-server redis-tools postgresql openssl faketime gcc libc6-dev "$@")
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi

@@ -53,6 +53,7 @@ __all__ = [
     "RedisCluster",
     "RedisServer",
     "RespError",
+    "ServerClock",
     "ServerError",
     "TLSFiles",
     "free_port",
@@ -833,6 +834,7 @@ class RedisServer(_ServerProcess):
         cluster: bool = False,
         startup_timeout: float = 20.0,
         keep_directory: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         resolved = shutil.which(os.fspath(executable))
         if resolved is None:
@@ -848,6 +850,8 @@ class RedisServer(_ServerProcess):
         self._fixed_port = port
         self._config = dict(config or {})
         self._extra_args = list(extra_args)
+        # Extra environment of the server process (e.g. ServerClock.env: a libfaketime clock).
+        self._env = None if env is None else {**os.environ, **env}
         self.cluster = cluster
         self.startup_timeout = startup_timeout
         self.keep_directory = keep_directory
@@ -1025,7 +1029,7 @@ class RedisServer(_ServerProcess):
         conf_path = self._dir / "redis.conf"
         _write_private(conf_path, self._config_text())
         argv = [self.executable, str(conf_path), *self._extra_args]
-        self._child = _Child(argv, log_path=self.log_path, cwd=self._dir)
+        self._child = _Child(argv, log_path=self.log_path, cwd=self._dir, env=self._env)
         self._paused = False
         child = self._child
 
@@ -1572,3 +1576,40 @@ class PostgresServer(_ServerProcess):
             timeout=timeout,
         )  # fmt: skip
         return proc.stdout.strip()
+
+
+class ServerClock:
+    """A wall clock for a server process that a test can step, through libfaketime (Debian package
+    ``faketime``): pass :attr:`env` to the server (``RedisServer(env=clock.env)``), then call
+    :meth:`step`. Only the wall clock moves (``CLOCK_REALTIME``, what Redis' ``TIME`` and key expiry
+    read); the monotonic clock keeps running untouched, as after an NTP step.
+    """
+
+    LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu/faketime", "/usr/lib/aarch64-linux-gnu/faketime",
+                    "/usr/lib/faketime", "/usr/local/lib/faketime")
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        lib = next((Path(d) / "libfaketime.so.1" for d in self.LIBRARY_DIRS
+                    if (Path(d) / "libfaketime.so.1").exists()), None)
+        if lib is None:
+            raise ServerError("libfaketime not found (apt-get install faketime)")
+        self.offset = 0.0
+        self._file = Path(directory) / "faketime.rc"
+        self._write()
+        self.env = {
+            "LD_PRELOAD": str(lib),
+            "FAKETIME_TIMESTAMP_FILE": str(self._file),
+            "FAKETIME_NO_CACHE": "1",  # re-read the file on every clock read: steps take effect at once
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        }
+
+    def _write(self) -> None:
+        tmp = self._file.with_suffix(".tmp")
+        tmp.write_text(f"{self.offset:+.3f}\n")
+        tmp.replace(self._file)  # atomic: a reader never sees a half-written offset
+
+    def step(self, seconds: float) -> None:
+        """Move the server's wall clock by *seconds* (negative: back in time)."""
+        self.offset += seconds
+        self._write()
+

@@ -191,6 +191,27 @@ class Lease:
         self._state = RELEASED
         await self._channel.release_async(self, self.permits)
 
+    def extend(self) -> None:
+        """Renew the lease now and push its deadline; raise :class:`~interlock.LeaseLost` if it was
+        lost (or released).
+
+        Leases are renewed in the background; call this right before a step that must not run on a
+        lost lease, to start it with a fresh deadline (``deadline``). On remote backends it is one
+        round trip; if it cannot reach the server it raises
+        :class:`~interlock.BackendError` and the lease keeps its current deadline. Cancelling or
+        interrupting it changes nothing: background renewal goes on. Backends whose grants do not
+        expire only check that the grant was not reclaimed (its owner ended).
+        """
+        if self._state != HELD:
+            self.ensure_held()
+        self._channel.extend(self)
+
+    async def extend_async(self) -> None:
+        """Async twin of :meth:`extend` (does not block the event loop on remote backends)."""
+        if self._state != HELD:
+            self.ensure_held()
+        await self._channel.extend_async(self)
+
     def downgrade(self) -> None:
         """Turn a write (exclusive) lease of an RWLock into a read (shared) lease atomically: other
         readers may enter, no writer can get in between."""

@@ -159,6 +159,17 @@ class Channel(abc.ABC):
         owner thread ended and the grant was reclaimed)."""
         return True
 
+    def extend(self, lease: Lease) -> None:
+        """Confirm the grant with the backend now and push the lease's deadline (remote backends: one
+        round trip). Raises LeaseLost if the grant is gone. This default serves backends whose grants
+        never expire: it only checks that the grant was not reclaimed."""
+        if lease._state == 0 and not self.is_current(lease):  # HELD, but reclaimed behind its back
+            lease._set_lost("the backend no longer has the grant (it was reclaimed)")
+        lease.ensure_held()
+
+    async def extend_async(self, lease: Lease) -> None:
+        self.extend(lease)
+
     def try_release_abandoned(self, lease: Lease) -> bool:
         """Release an abandoned lease now if that needs neither I/O nor waiting; else return False and
         the reaper thread will call ``release(..., abandoned=True)``."""

@@ -168,3 +168,25 @@ def test_connections_stay_bounded_however_many_wait(redis_server: RedisServer, p
     assert len(served) == 120 and sorted(served) == sorted(set(served))
     assert peak <= 4 + 1, f"{peak} connections for one process (max_connections=4, plus the subscription)"
     admin.close()
+
+
+def test_extend_learns_at_once_that_the_server_lost_the_grant(url: str, redis_server: RedisServer) -> None:
+    """extend() is a renewal now: when the server lost the grant (here: its keys were deleted, as after
+    a restart without persistence), it raises LeaseLost and fires on_lost, without waiting for the
+    background renewal."""
+    lock = interlock.Lock("ext", url=url)
+    lease = lock.acquire()
+    told = threading.Event()
+    lease.on_lost(lambda _lease: told.set())
+    admin = redis.Redis.from_url(redis_server.url)
+    try:
+        keys = list(admin.scan_iter(match=url.split("prefix=")[1].split("&", maxsplit=1)[0] + "*"))
+        assert keys and admin.delete(*keys) == len(keys)
+    finally:
+        admin.close()
+    with pytest.raises(interlock.LeaseLost, match="no longer had it"):
+        lease.extend()
+    assert told.is_set() and not lease.held
+    again = lock.acquire(timeout=LIVE)  # the name is usable again, with a higher token
+    assert again.token > lease.token
+    again.release()

@@ -389,6 +389,31 @@ class RedisChannel(Channel):
     def try_release_abandoned(self, lease: Lease) -> bool:
         return False  # needs I/O: the reaper thread releases it
 
+    # -- extend ------------------------------------------------------------------------------------
+    def extend(self, lease: Lease) -> None:
+        self.rb._run(self._extend(lease))
+
+    async def extend_async(self, lease: Lease) -> None:
+        await self.rb._run_async(self._extend(lease))
+
+    def _extend(self, lease: Lease) -> _Proto:
+        """Renew one lease now (the background renewal does the same for all of them)."""
+        b = self.rb
+        rid = lease.backend_data
+        lease.ensure_held()
+        sent = _monotonic()
+        # Retries of a transient failure stop at the lease's deadline: past it, nothing can be vouched for.
+        missing = yield _Call(S.RENEW, self.target, ("", b.ttl_ms, rid), lease._deadline or sent + b.opts.ttl)
+        if missing:
+            b._drop_lease(self, rid)
+            self._lose(lease, "the server no longer had it (it expired before it was renewed, or the server "
+                              "lost its state)")
+            lease.ensure_held()
+        with b._mx:
+            if lease._state == HELD and lease._deadline is not None:
+                lease._deadline = max(lease._deadline, sent + b.lease_span)
+        return None
+
     def is_current(self, lease: Lease) -> bool:
         return lease.backend_data in self._leases
 

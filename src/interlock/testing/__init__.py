@@ -10,7 +10,10 @@ Nothing is imported here on purpose: import the submodule you need.
   checker for exclusion, fencing-token order, read/write exclusion, FIFO order and liveness.
 - :mod:`interlock.testing.fenced` -- :class:`~interlock.testing.fenced.FencedStore`, a resource
   that rejects writes carrying a stale fencing token, in-process or over loopback TCP.
+- :mod:`interlock.testing.pytest_plugin` -- the ``interlock_url`` fixture: your tests run once per
+  backend (``pytest_plugins = ["interlock.testing.pytest_plugin"]`` in a conftest.py).
+- ``servers.ServerClock`` -- step a server process's wall clock (libfaketime) in fault tests.
 
 The modules depend on the standard library only (``servers`` may use the ``cryptography``
-package when the ``openssl`` command is missing) and contain no pytest fixtures.
+package when the ``openssl`` command is missing); only ``pytest_plugin`` needs pytest.
 """

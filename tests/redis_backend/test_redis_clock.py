@@ -62,3 +62,35 @@ def test_server_clock_steps_forward_and_back(tmp_path: Path, prefix: str) -> Non
         lc.release()
         back_a.close()
         back_b.close()
+
+
+def test_client_wall_clock_steps_change_nothing(tmp_path: Path, redis_server: RedisServer, prefix: str,
+                                                 children: list) -> None:
+    """The holder's process runs under libfaketime; its wall clock jumps an hour ahead, then back two
+    hours, then ahead by one TTL, while it holds. Lease arithmetic uses CLOCK_MONOTONIC, so it keeps
+    renewing: no early loss, no grant to anyone else, and its release succeeds."""
+    import time
+
+    from redis_backend.helpers import Child
+
+    ttl = 1.0
+    url = url_for(redis_server, prefix, ttl=ttl)
+    clock = ServerClock(tmp_path)  # (any process's wall clock: here the client's)
+    holder = Child("hold", "wall", url, **clock.env)
+    children.append(holder)
+    token = int(holder.expect("ACQUIRED")[0])
+    other = interlock.Lock("wall", url=url)
+    for step in (+3600.0, -7200.0, +ttl):
+        clock.step(step)
+        end = time.monotonic() + 2 * ttl  # two TTLs of wall-clock confusion per step
+        while time.monotonic() < end:
+            with pytest.raises(interlock.WouldBlock):
+                other.acquire(blocking=False)
+            time.sleep(0.1)
+        assert [h.token for h in other.statistics().holders] == [token]
+    holder.send("go")
+    assert holder.expect("HELD") == ["True"], "the holder lost its lease to a wall-clock step"
+    holder.expect("RELEASED")
+    after = other.acquire(timeout=LIVE)
+    assert after.token > token and not after.previous_owner_died
+    after.release()

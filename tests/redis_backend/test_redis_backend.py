@@ -245,3 +245,48 @@ def test_redis_cluster_three_nodes(prefix):
         assert got and got[0].token > first.token
         got[0].release()
         assert {s.name for s in interlock.status(url)} >= set(names)
+
+
+# -- key layout invariants (the scripts skip work based on them) ---------------------------------------
+def test_keys_always_carry_an_idle_expiry_and_the_queue_flag_follows_the_queue(redis_server, prefix):
+    """The scripts refresh the keys' idle expiry about once per idle_expiry/2 (not on every grant) and
+    skip reading the queue while the hash says it is empty; check both against the server's state after
+    each step: uncontended, a weighted head that is put back (its queue key is recreated), a cancel."""
+    url = url_for(redis_server, prefix, 5)
+    r = redis.Redis(**redis_server.client_kwargs())
+    sem = interlock.Semaphore("w", 3, url=url)
+    base = f"{prefix}{{w}}"
+
+    def check_state() -> None:
+        ttls = {k.decode(): int(r.pttl(k)) for k in r.keys(prefix + "*")}
+        assert ttls and all(t > 0 for t in ttls.values()), ttls  # no key without an idle expiry
+        if r.zcard(base + ":q"):
+            assert r.hget(base + ":m", "q") != b"0"  # a non-empty queue is never marked empty
+
+    sem.acquire(3).release()
+    check_state()
+    a, b = sem.acquire(1), sem.acquire(1)
+    check_state()
+    got: list[interlock.Lease] = []
+    t = threading.Thread(target=lambda: got.append(sem.acquire(3, timeout=30)))
+    t.start()
+    while not sem.statistics().waiters:
+        time.sleep(0.01)
+    check_state()
+    with pytest.raises(interlock.WouldBlock):  # 1 is free, but the queued head comes first
+        sem.acquire(1, blocking=False)
+    a.release()  # -> 2 free: the head (3) is popped, does not fit, and is put back in its place
+    check_state()
+    assert [w.permits for w in sem.statistics().waiters] == [3]
+    b.release()
+    t.join(30)
+    assert got and got[0].permits == 3
+    check_state()
+    held = got[0]
+    with pytest.raises(interlock.AcquireTimeout):  # queued, then withdrawn
+        sem.acquire(1, timeout=0.2)
+    check_state()
+    held.release()
+    assert r.hget(base + ":m", "a") == b"3"
+    sem.acquire(3).release()
+    check_state()

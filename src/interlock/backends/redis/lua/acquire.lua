@@ -15,21 +15,25 @@ if myrec then  -- a retry of a request that was granted: return the same grant
   finish()
   return {1, tonumber(tok), tonumber(string.sub(hmd, 2, 2)) or 0}
 end
-local queued = redis.call('ZCARD', Q)
-if queued > 0 and redis.call('ZSCORE', Q, ID) then  -- a retry of a queued request
-  finish()
-  return {0, next_check()}
+local n = 0  -- requests in Q (0 when the q field says it is empty: no call)
+if queued then
+  n = redis.call('ZCARD', Q)
+  if n == 0 then
+    queued = false
+  elseif redis.call('ZSCORE', Q, ID) then  -- a retry of a queued request
+    finish()
+    return {0, next_check()}
+  end
 end
-if avail >= p and (queued == 0 or not string.find(flags, 'f', 1, true)) then
+touch()
+if avail >= p and (n == 0 or not string.find(flags, 'f', 1, true)) then
   avail = avail - p
   local tok = next_token()
   local d = died
   died = 0
   put('h' .. ID, sid .. '|' .. p .. '|' .. md .. d .. '|' .. fmt(tok) .. '|' .. now .. '|' .. info)
   xadd(now + ttl, ID)
-  redis.call('PEXPIRE', X, ARGV[5])
   finish()
-  if meta[1] then redis.call('PEXPIRE', M, ARGV[5]) end
   return {1, tok, d}
 end
 if not string.find(flags, 'b', 1, true) then
@@ -39,12 +43,11 @@ end
 seq = seq + 1
 dirty = true
 redis.call('ZADD', Q, seq, ID)
+if n == 0 then redis.call('PEXPIRE', Q, ARGV[5]) end  -- a new key: give it its idle expiry now
+queued = true
 put('w' .. ID, sid .. '|' .. p .. '|' .. md .. '|' .. seq .. '|' .. now .. '|' .. info)
 xadd(now + ttl, ID)
-redis.call('PEXPIRE', Q, ARGV[5])
-redis.call('PEXPIRE', X, ARGV[5])
 finish()
-if meta[1] then redis.call('PEXPIRE', M, ARGV[5]) end
 local mine = 0
 if string.find(flags, 'o', 1, true) then
   mine = 1

@@ -3,11 +3,14 @@
 -- One primitive = three keys sharing one hash tag (Redis Cluster keeps them in one slot):
 -- KEYS[1] m  hash: k kind, c capacity, b bounded ("1"/"0"), a available permits, t last fencing
 --            token, s queue arrival sequence, d "previous owner died" flag for the next grant,
---            e a lower bound of the earliest expiry in X (server ms; purge() skips X before it);
+--            e a lower bound of the earliest expiry in X (server ms; purge() skips X before it),
+--            i when the keys' idle expiry is next refreshed (server ms), q "0" when Q is known to be
+--            empty (anything else, or missing: Q may hold requests);
 --            "h<id>" -> holder record "sid|permits|mode died|token|granted_ms|info";
 --            "w<id>" -> waiter record "sid|permits|mode|seq|enqueued_ms|info"
 -- KEYS[2] q  zset: request id -> arrival sequence of the queued requests (strict FIFO order)
--- KEYS[3] x  zset: request id -> expiry (server ms) of every holder and every queued request
+-- KEYS[3] x  zset: request id -> expiry (server ms) of every holder and every queued request, plus
+--            the member '~' at NONE (so the key outlives its last lease and keeps its idle expiry)
 -- ARGV[1] channel prefix: grants are published to ARGV[1] .. sid (one channel per process)
 -- ARGV[2] kind, ARGV[3] capacity, ARGV[4] bounded ("1"/"0"), ARGV[5] idle expiry of the keys (ms)
 -- ARGV[6] the request id the script is about (acquire, release, cancel), else anything.
@@ -17,17 +20,22 @@
 --   bounded: a + sum(permits of holders) == c; unbounded: c grows with signal, shrinks with forget.
 --   Every id has exactly one record (h or w); a w-record id is in q; every id is in x.
 --   If q is non-empty, its head does not fit in a (grants are made eagerly, in FIFO order).
+--   If q is non-empty, the field q is not "0" (only a script that saw q empty writes "0").
+--   Every key that exists has an idle expiry at least idle/2 away: refresh() runs when a state
+--   change finds i passed (and when the keys are created), and a new q is given one at once.
 -- Time is the server's (TIME): clients never send timestamps. Tokens are max(t + 1, now in us), so
 -- they keep increasing when the keys are lost (a restart without persistence).
-pcall(redis.replicate_commands)  -- Redis < 7 needs effects replication for TIME before writes
+-- Redis >= 7 always replicates effects; older servers need it for TIME before writes.
+if not redis.REDIS_VERSION_NUM then pcall(redis.replicate_commands) end
 
 local M, Q, X = KEYS[1], KEYS[2], KEYS[3]
 local ID = ARGV[6]
+local NONE = 9000000000000000  -- "no expiry" (server ms), also the score of X's member '~'
 local tm = redis.call('TIME')
 local now_us = tonumber(tm[1]) * 1000000 + tonumber(tm[2])
 local now = math.floor(now_us / 1000)
 
-local meta = redis.call('HMGET', M, 'k', 'c', 'b', 'a', 't', 's', 'd', 'h' .. ID, 'e')
+local meta = redis.call('HMGET', M, 'k', 'c', 'b', 'a', 't', 's', 'd', 'h' .. ID, 'e', 'i', 'q')
 local kind, cap, bounded, avail, last, seq, died
 local myrec = meta[8]  -- this request's holder record, if it holds a grant
 if not meta[1] then
@@ -46,6 +54,9 @@ local dirty = not meta[1]
 -- when entries leave or are renewed; xadd() lowers it for new entries.
 local ex = meta[1] and tonumber(meta[9]) or 0
 local exdirty = false
+-- queued: Q may hold requests (the field q, see the invariants); false once seen empty
+local queued = meta[11] ~= '0'
+local refreshing = not meta[1]  -- set the keys' idle expiry in finish()
 local sets, dels = {}, {}  -- writes to M, applied by finish(): deletions first
 local grants = {}
 
@@ -72,19 +83,23 @@ end
 -- Strict FIFO: grant from the head of the queue while the head fits; finish() publishes one message
 -- per process with its grants.
 local function grant_head()
-  while avail > 0 do
-    local head = redis.call('ZRANGE', Q, 0, 0)
+  while queued and avail > 0 do
+    local head = redis.call('ZPOPMIN', Q)
     local id = head[1]
-    if not id then break end
+    if not id then
+      queued = false
+      break
+    end
     local rec = redis.call('HGET', M, 'w' .. id)
-    if not rec then
-      redis.call('ZREM', Q, id)
-    else
+    if rec then
       local sid, p, md, _, _, info = parse(rec)
-      if p > avail then break end
+      if p > avail then  -- the head waits for more permits: put it back where it was
+        redis.call('ZADD', Q, head[2], id)
+        redis.call('PEXPIRE', Q, ARGV[5])  -- (ZPOPMIN of the last member deleted the key)
+        break
+      end
       avail = avail - p
-      redis.call('ZREM', Q, id)
-      redis.call('HDEL', M, 'w' .. id)
+      dels[#dels + 1] = 'w' .. id
       local tok = fmt(next_token())
       local d = died
       died = 0
@@ -112,7 +127,7 @@ local function purge()
   if now < ex then return end
   local dead = redis.call('ZRANGEBYSCORE', X, '-inf', now, 'LIMIT', 0, 1000)
   local first = redis.call('ZRANGE', X, #dead, #dead, 'WITHSCORES')
-  ex = tonumber(first[2]) or 9000000000000000
+  ex = math.min(tonumber(first[2]) or NONE, NONE)
   exdirty = true
   if #dead == 0 then return end
   redis.call('ZREM', X, unpack(dead))
@@ -136,8 +151,15 @@ end
 -- Milliseconds until the earliest lease expiry (a waiter's only timed re-check), or -1.
 local function next_check()
   local e = redis.call('ZRANGE', X, 0, 0, 'WITHSCORES')
-  if e[2] then return math.max(0, tonumber(e[2]) - now) end
+  local at = tonumber(e[2])
+  if at and at < NONE then return math.max(0, at - now) end
   return -1
+end
+
+-- The keys are in use: make sure their idle expiry is at least idle/2 away (one check per script,
+-- the PEXPIREs about once per idle/2).
+local function touch()
+  if now >= (tonumber(meta[10]) or 0) then refreshing = true end
 end
 
 local function finish()
@@ -152,14 +174,21 @@ local function finish()
     put('s', fmt(seq))
     put('c', fmt(cap))
   end
+  if queued ~= (meta[11] ~= '0') then put('q', queued and '1' or '0') end
   if not meta[1] then
     put('k', kind)
     put('b', bounded)
   end
+  if refreshing then put('i', fmt(now + math.floor(tonumber(ARGV[5]) / 2))) end
   for i = 1, #sets, 1000 do
     redis.call('HSET', M, unpack(sets, i, math.min(i + 999, #sets)))
   end
-  if not meta[1] then redis.call('PEXPIRE', M, ARGV[5]) end
+  if refreshing then
+    redis.call('ZADD', X, NONE, '~')
+    redis.call('PEXPIRE', M, ARGV[5])
+    redis.call('PEXPIRE', X, ARGV[5])
+    if queued then redis.call('PEXPIRE', Q, ARGV[5]) end
+  end
   for sid, payload in pairs(grants) do
     redis.call('PUBLISH', ARGV[1] .. sid, payload)
   end

@@ -11,6 +11,6 @@ cap = cap + n
 avail = avail + n
 dirty = true
 grant_head()
+touch()
 finish()
-redis.call('PEXPIRE', M, ARGV[5])
 return {1}

@@ -708,7 +708,10 @@ class RedisBackend(Backend):
                 if type(op) is _Call:
                     fut = self._io().submit(self._call, op)
                     op.future = fut
-                    send = await asyncio.wrap_future(fut, loop=loop)
+                    # Shielded: cancelling the caller must not cancel a request still queued for a
+                    # connection. It runs anyway and the generator (seeing CancelledError) undoes it
+                    # after it completes (acquire: deferred cancel), or it is the release itself.
+                    send = await asyncio.shield(asyncio.wrap_future(fut, loop=loop))
                 else:
                     f = op.cell.fut
                     assert f is not None

@@ -137,3 +137,37 @@ def test_cancel_while_the_request_is_queued_for_a_connection(redis_server: Redis
     _idle_soon(other)
     stats = other.statistics()
     assert not stats.holders and not stats.waiters
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_interrupted_release_finishes_in_the_background(redis_server: RedisServer, prefix: str,
+                                                         when: str) -> None:
+    """KeyboardInterrupt inside a thread's release(), before the request is sent or after the server
+    ran it: the exception propagates, and the lock is free within one round trip either way."""
+    url = url_for(redis_server, prefix, ttl=5)
+    backend = RedisBackend(url)
+    lock = interlock.Lock("kbi", backend=backend)
+    other = interlock.Lock("kbi", backend=RedisBackend(url))
+    lease = lock.acquire()
+    orig = backend.transport.call
+    fired = []
+
+    def call(script: Any, target: Any, args: tuple[Any, ...]) -> Any:
+        if script is S.RELEASE and not fired:
+            fired.append(when)
+            if when == "before":
+                raise KeyboardInterrupt
+            orig(script, target, args)
+            raise KeyboardInterrupt
+        return orig(script, target, args)
+
+    backend.transport.call = call
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            lease.release()
+    finally:
+        backend.transport.call = orig
+    assert fired == [when]
+    _idle_soon(other)
+    lease.release()  # idempotent afterwards
+    assert not other.statistics().holders

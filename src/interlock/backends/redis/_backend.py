@@ -361,6 +361,13 @@ class RedisChannel(Channel):
                 f"lease on {self.describe()} (token {lease.token}) could not be released: {exc}; it "
                 "expires on the server within its TTL", name=self.name, token=lease.token,
             ) from None
+        except BaseException:
+            # Interrupted (KeyboardInterrupt, cancellation) with the outcome unknown: finish a full
+            # release in the background once the call is done, rather than leave the grant to its
+            # TTL. (A cancel of a released id is a no-op; a partial release is not retried.)
+            if op == "r" and not partial:
+                b._defer_cancel(self, rid, call.future)
+            raise
         if not partial and self._owned:
             untrack_task_death(lease)
         if op == "d":

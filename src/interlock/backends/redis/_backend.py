@@ -68,6 +68,7 @@ _SLACK = 0.005  # poll a little after the reported expiry so the server sees it 
 _BACKOFF = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 _THREAD = object()  # ``_leader`` value: the subscriber thread reads the subscription
 _PING = b"*1\r\n$4\r\nPING\r\n"
+_MESSAGE = b"*3\r\n$7\r\nmessage\r\n$"  # a pub/sub message frame, up to its channel's length
 
 
 # --------------------------------------------------------------------------------------------------
@@ -575,6 +576,9 @@ class RedisBackend(Backend):
         self._transport: Any = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._proc_info = f"\t{_HOST}\t{os.getpid()}\t{_clean(os.path.basename(sys.argv[0] or 'python'))}"
+        # owner -> info; weak keys: an ended thread's owner (and the leases its ``with`` stack holds)
+        # must stay collectable
+        self._infos: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._sub_resets = 0
         # The subscription socket is read by ONE reader at a time (``_leader``, under ``_mx``): a
         # waiting thread (its grant then needs no thread switch), or the subscriber thread (for
@@ -635,7 +639,15 @@ class RedisBackend(Backend):
         return f"{self.sid}.{next(self._ids):x}"
 
     def _info(self, owner: Any) -> str:
-        return _clean(owner_label(owner)) + self._proc_info
+        # Cached per owner (a thread's label never changes; a task renamed while it keeps acquiring
+        # shows its old name in status): formatting it was a visible share of an uncontended acquire.
+        try:
+            info = self._infos.get(owner)
+        except TypeError:  # not weakly referenceable
+            return _clean(owner_label(owner)) + self._proc_info
+        if info is None:
+            info = self._infos[owner] = _clean(owner_label(owner)) + self._proc_info
+        return info
 
     def _key_base(self, name: str) -> str:
         # Names are data: percent-encoding is injective and keeps '{', '}' and '%' out of the hash tag.
@@ -962,7 +974,25 @@ class RedisBackend(Backend):
             buf = self._sub_buf + data if self._sub_buf else data
             pos = 0
             try:
-                while pos < len(buf):
+                n = len(buf)
+                while pos < n:
+                    if buf.startswith(_MESSAGE, pos):  # the usual frame, parsed inline (wake-up path)
+                        i = pos + len(_MESSAGE)
+                        j = buf.find(b"\r\n", i)
+                        if j < 0:
+                            break
+                        k = j + 4 + int(buf[i:j])  # the payload's '$'
+                        j = buf.find(b"\r\n", k)
+                        if j < 0:
+                            break
+                        if buf[k] != 36:
+                            raise ValueError("bad RESP message frame")
+                        end = j + 2 + int(buf[k + 1 : j])
+                        if end + 2 > n:
+                            break
+                        pos = end + 2
+                        self._on_message(buf[j + 2 : end])
+                        continue
                     msg, pos = _parse(buf, pos)
                     if isinstance(msg, list) and len(msg) == 3 and msg[0] == b"message":
                         self._on_message(msg[2])

@@ -80,3 +80,12 @@ def file_backend(tmp_path_factory: Any) -> Iterator[str]:
 
 
 BACKENDS["file"] = file_backend
+
+
+# -- memory:// on the pure-Python path (the native accelerator's twin; the same as "memory" without it) --
+@contextlib.contextmanager
+def memory_pure_backend(tmp_path_factory: Any) -> Iterator[str]:
+    yield f"memory://contract-pure-{next(_ns)}?native=0"
+
+
+BACKENDS["memory-pure"] = memory_pure_backend

@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import Any
 
 from . import _lease
-from ._core.owner import _tls, fast_current_task, thread_owner
+from ._core.owner import ThreadOwner, _tls, fast_current_task, thread_owner
 from ._errors import InvalidArgument, InvalidArgumentType, NotOwnerError, OverRelease
 from ._lease import Lease, capture_site
 from ._registry import connect
@@ -516,3 +516,24 @@ class RWLock(_Primitive):
     async def acquire_write_async(self, *, timeout: float | None = None, blocking: bool = True) -> Lease:
         """Suspend until the exclusive lease is granted."""
         return await self._acquire_async("exclusive", _timeout(timeout), blocking, 2)
+
+
+def _accelerate() -> bool:
+    """Install the C fast paths of ``interlock._speedups`` (when built) as the uncontended memory://
+    entry points of Lock and Semaphore: ``__enter__``/``__exit__``/``acquire`` and Semaphore's
+    ``__aenter__``/``__aexit__``. Each C method is the twin of the Python method it replaces and calls
+    that method for every other case (other backends, ``memory://...?native=0``, debug mode, keyword
+    arguments, waiting), so the behaviour is the same. RLock keeps the Python methods (reentrancy)."""
+    try:
+        from . import _speedups
+    except ImportError:  # pragma: no cover - not built, or a free-threaded build
+        return False
+    names = ("__enter__", "__exit__", "acquire")
+    python_lock_methods = {n: Lock.__dict__[n] for n in names}
+    _speedups.bind_facades(Lock, Semaphore, _tls, thread_owner, _lease, _task_owner, ThreadOwner)
+    for n in names:
+        setattr(RLock, n, python_lock_methods[n])
+    return True
+
+
+accelerated = _accelerate()

@@ -21,7 +21,8 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit
 
 from .._core import deadlock
 from .._core.owner import owner_label, track_task_death, untrack_task_death
@@ -29,6 +30,13 @@ from .._core.waiter import CANCELLED, GRANTED, WAITING, TaskWaiter, ThreadWaiter
 from .._errors import AcquireTimeout, BlockingCallInEventLoop, InvalidArgument, OverRelease, WouldBlock
 from .._lease import Lease
 from .._spi import Backend, Channel, HolderInfo, Statistics, WaiterInfo, held_for
+
+try:
+    # The optional C accelerator (src/interlock/_speedups.c). Absent when the install could not compile
+    # it (no compiler) or on a free-threaded build: then every channel uses the pure-Python twin below.
+    from .. import _speedups as _native
+except ImportError:  # pragma: no cover - depends on the install
+    _native = None  # type: ignore[assignment]
 
 _get_running_loop = asyncio._get_running_loop
 _current_task = asyncio.current_task
@@ -40,26 +48,33 @@ _new_lease = Lease.__new__
 _monotonic = time.monotonic
 
 
-class MemoryChannel(Channel):
-    # Invariants (all under _mutex):
-    #   available + sum(permits of holders) == capacity   (bounded); for unbounded semaphores capacity
-    #   grows with signal() and shrinks with forget().
-    #   If waiters is non-empty, its head does not fit in `available` (grants are made eagerly).
-    #   Every waiter in `waiters` is in state WAITING; a waiter leaves the deque exactly when it leaves
-    #   WAITING.
-    #   holders maps token -> (owner, permits, acquired_at, mode) for every unreleased grant.
+class _PyChannelState:
+    """The pure-Python twin of ``interlock._speedups.ChannelState`` (C): the fields of a channel and the
+    state operations of its uncontended fast path. The C type implements exactly these operations
+    (``_grant_locked``, ``_try_grant``, and ``release`` for a whole lease with nobody queued, handing
+    every other case to ``_MemoryChannelBase._release_py``); keep both in step. Everything else (the
+    waiter queue, cancellation, deadlock detection, holder death) is Python code shared by both.
 
-    def __init__(self, backend: MemoryBackend, name: str, kind: str, capacity: int, bounded: bool) -> None:
-        super().__init__(backend, name, kind, capacity, bounded)
-        self._mutex = _thread.allocate_lock()
-        self.available = capacity
-        self.waiters: deque[Waiter] = deque()
-        self.holders: dict[int, tuple[Any, int, float, str]] = {}
-        self._prev_died = False
-        self._last_token: int | None = None
-        self._owned = kind != "semaphore"
+    Invariants (all under _mutex):
+      available + sum(permits of holders) == capacity   (bounded); for unbounded semaphores capacity
+      grows with signal() and shrinks with forget().
+      If waiters is non-empty, its head does not fit in `available` (grants are made eagerly).
+      Every waiter in `waiters` is in state WAITING; a waiter leaves the deque exactly when it leaves
+      WAITING.
+      holders maps token -> (owner, permits, acquired_at, mode) for every unreleased grant.
+      Tokens come from one process-wide counter (itertools.count here, a C counter in the twin), taken
+      under the channel's mutex, so they strictly increase per name in grant order.
+    """
 
-    # -- granting ----------------------------------------------------------------------------------
+    _mutex: Any
+    available: int
+    waiters: deque[Waiter]
+    holders: dict[int, tuple[Any, int, float, str]]
+    _prev_died: bool
+    _last_token: int | None
+    _mutex_factory: Any = staticmethod(_thread.allocate_lock)
+
+    # -- granting (twins: _speedups.c grant_locked / try_grant) --------------------------------------
     def _grant_locked(self, permits: int, owner: Any, site: Any, mode: str) -> Lease:
         """Make a grant: take ``permits`` from ``available`` and record the holder (caller holds _mutex
         and has checked that they fit).
@@ -72,7 +87,7 @@ class MemoryChannel(Channel):
         either nothing or a complete grant (whose Lease, if dropped, is returned by its finalizer)."""
         token = next(_tokens)
         lease = _new_lease(Lease)
-        lease._channel = self
+        lease._channel = self  # type: ignore[assignment]
         lease.token = token
         lease.permits = permits
         lease.owner = owner
@@ -96,6 +111,32 @@ class MemoryChannel(Channel):
             if self.available >= permits and (not self.waiters or not fair):
                 return self._grant_locked(permits, owner, site, mode)
             return None
+
+
+class _MemoryChannelBase(Channel):
+    """The channel code shared by the native and the pure-Python state (see _PyChannelState)."""
+
+    if TYPE_CHECKING:
+        _mutex: Any
+        available: int
+        waiters: deque[Waiter]
+        holders: dict[int, tuple[Any, int, float, str]]
+        _prev_died: bool
+        _last_token: int | None
+        _mutex_factory: Any
+
+        def _grant_locked(self, permits: int, owner: Any, site: Any, mode: str) -> Lease: ...
+        def _try_grant(self, permits: int, owner: Any, site: Any, mode: str, fair: bool) -> Lease | None: ...
+
+    def __init__(self, backend: MemoryBackend, name: str, kind: str, capacity: int, bounded: bool) -> None:
+        super().__init__(backend, name, kind, capacity, bounded)
+        self._mutex = self._mutex_factory()
+        self.available = capacity
+        self.waiters = deque()
+        self.holders = {}
+        self._prev_died = False
+        self._last_token = None
+        self._owned = kind != "semaphore"
 
     def _check_wait(self, permits: int, blocking: bool, timeout: float | None) -> None:
         """About to queue (caller holds _mutex): refuse waits that can never or must not happen."""
@@ -287,6 +328,9 @@ class MemoryChannel(Channel):
 
     # -- release -----------------------------------------------------------------------------------
     def release(self, lease: Lease, permits: int, abandoned: bool = False) -> None:
+        """Return ``permits`` of ``lease``; hand them to the head waiter(s). (The native state's
+        ``release`` does the case "nobody queued, the whole lease" in C and calls ``_release_py`` for the
+        rest; this method is its pure-Python twin.)"""
         # acquire()/try rather than `with` on this hot path (`with` costs ~0.15 us more on 3.11-3.13):
         # a KeyboardInterrupt right after acquire() returns can still wedge the mutex here (the
         # acquire-side guarantee does not cover release; see tests/stress/test_stress_interrupt.py).
@@ -308,6 +352,8 @@ class MemoryChannel(Channel):
             mutex.release()
         if lease._death_cb is not None:
             untrack_task_death(lease)
+
+    _release_py = release
 
     def try_release_abandoned(self, lease: Lease) -> bool:
         # Called from finalizers: never wait for the mutex (this thread might hold it).
@@ -382,6 +428,35 @@ class MemoryChannel(Channel):
         return self.available < 1 or bool(self.waiters)
 
 
+class PureMemoryChannel(_PyChannelState, _MemoryChannelBase):
+    """A memory:// channel on the pure-Python state (``memory://...?native=0``, or no accelerator)."""
+
+
+if TYPE_CHECKING:
+    _NativeState = _PyChannelState
+else:
+    _NativeState = _native.ChannelState if _native is not None else _PyChannelState
+
+
+class MemoryChannel(_NativeState, _MemoryChannelBase):
+    """A memory:// channel on the native state when the accelerator is built (else the same as
+    PureMemoryChannel)."""
+
+    if _native is not None:
+        _mutex_factory = _native.Mutex
+
+
+if _native is not None:
+    _native.configure(Lease, untrack_task_death)
+
+
+def accelerated() -> bool:
+    """True when the native accelerator (``interlock._speedups``) is built and in use: ``memory://``
+    backends then run their uncontended fast paths and the Lock/Semaphore entry points in C. Select the
+    pure-Python path per backend with ``memory://label?native=0``."""
+    return _native is not None
+
+
 _backends: weakref.WeakSet[MemoryBackend] = weakref.WeakSet()
 
 
@@ -394,7 +469,7 @@ def _after_fork_in_child() -> None:
     for backend in list(_backends):
         backend._lock = threading.Lock()
         for ch in list(backend._channels.values()):
-            ch._mutex = _thread.allocate_lock()
+            ch._mutex = ch._mutex_factory()
             for w in ch.waiters:
                 w.state = CANCELLED
             ch.waiters.clear()
@@ -424,16 +499,28 @@ class MemoryBackend(Backend):
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
+        # INTERLOCK_NATIVE=0 makes pure Python the default (e.g. to run every test on the twin).
+        native = os.environ.get("INTERLOCK_NATIVE", "1").lower() not in ("0", "false", "no")
+        for key, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+            if key != "native":
+                continue
+            if value.lower() not in ("0", "1", "false", "true", "no", "yes"):
+                raise InvalidArgument(f"memory:// option native={value!r}: use native=0 or native=1",
+                                      argument="url")
+            native = value.lower() in ("1", "true", "yes")
+        #: True if this namespace uses the native accelerator (``?native=0`` selects pure Python).
+        self.native = native and _native is not None
+        self._channel_class: type[_MemoryChannelBase] = MemoryChannel if self.native else PureMemoryChannel
         _backends.add(self)
         self._lock = threading.Lock()
         # Weak: a name's state lives as long as some object or lease refers to it.
-        self._channels: weakref.WeakValueDictionary[str, MemoryChannel] = weakref.WeakValueDictionary()
+        self._channels: weakref.WeakValueDictionary[str, _MemoryChannelBase] = weakref.WeakValueDictionary()
 
-    def channel(self, name: str, kind: str, capacity: int, bounded: bool) -> MemoryChannel:
+    def channel(self, name: str, kind: str, capacity: int, bounded: bool) -> _MemoryChannelBase:
         with self._lock:
             ch = self._channels.get(name)
             if ch is None:
-                ch = MemoryChannel(self, name, kind, capacity, bounded)
+                ch = self._channel_class(self, name, kind, capacity, bounded)
                 self._channels[name] = ch
             else:
                 ch.check_compatible(kind, capacity, bounded)

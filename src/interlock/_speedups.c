@@ -1,0 +1,1331 @@
+/* interlock._speedups: the optional native accelerator of the memory:// fast path.
+ *
+ * What is here, and its pure-Python twin (keep them in step; tests run the contract suite on both,
+ * "memory" and "memory-pure" in tests/backends.py):
+ *
+ *   Mutex                      twin: _thread.allocate_lock()          (memory.py: _PyChannelState)
+ *   ChannelState fields        twin: plain attributes set in memory.py _MemoryChannelBase.__init__
+ *   ChannelState._grant_locked twin: memory.py _PyChannelState._grant_locked
+ *   ChannelState._try_grant    twin: memory.py _PyChannelState._try_grant
+ *   ChannelState.release       twin: memory.py _MemoryChannelBase._release (the C code handles the case
+ *                              "no waiter queued, whole lease", and calls the Python one otherwise)
+ *   facade methods             twins: the Python methods of the same name in _primitives.py (the C
+ *                              ones handle the uncontended memory:// case and call the Python ones
+ *                              for everything else: other backends, debug mode, waiting, arguments)
+ *
+ * Everything that waits (the waiter queue, cancellation, timeouts, deadlock detection, thread and task
+ * death) stays in Python.
+ *
+ * Mutex discipline: the fast paths hold the channel mutex only inside C. No Python code runs while it
+ * is held, except finalizers run by a garbage collection that an allocation may trigger (exactly as in
+ * the Python twin); those see the mutex locked and hand the release to the reaper thread.
+ * KeyboardInterrupt: a signal handler runs only at the interpreter's check points, and C code has none,
+ * so a C fast path either completes or changes nothing (the blocking mutex wait may raise before it
+ * took the mutex, like _thread.lock).
+ *
+ * The GIL makes the process-wide token counter and the per-channel state safe; free-threaded builds
+ * use the pure-Python path (the module refuses to import there).
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#if PY_VERSION_HEX < 0x030A0000
+#error "interlock._speedups needs Python 3.10+"
+#endif
+
+/* ---------------------------------------------------------------------------------------------- */
+/* module-wide references, set by configure() / bind_facades()                                    */
+
+static PyObject *Lease_type = NULL;          /* interlock._lease.Lease */
+static PyObject *untrack_task_death = NULL;  /* interlock._core.owner.untrack_task_death */
+static PyObject *tls = NULL;                 /* interlock._core.owner._tls */
+static PyObject *thread_owner_fn = NULL;     /* interlock._core.owner.thread_owner */
+static PyObject *lease_module_dict = NULL;   /* interlock._lease.__dict__ (for _debug) */
+static PyObject *empty_tuple = NULL;
+static PyObject *one = NULL;  /* int 1: Lease._state RELEASED */
+
+/* Python fallbacks of the facade methods (the twins in _primitives.py) */
+static PyObject *py_sem_enter, *py_sem_exit, *py_sem_acquire, *py_sem_aenter, *py_sem_aexit;
+static PyObject *py_lock_enter, *py_lock_exit, *py_lock_acquire;
+static PyObject *task_owner_fn = NULL;       /* _primitives._task_owner */
+
+/* offsets of the __slots__ the facades read (member descriptors), found at bind time */
+static Py_ssize_t off_ch = 0, off_fair = 0, off_cm = 0, off_cm_stack = 0;
+static PyTypeObject *ThreadOwner_type = NULL;
+
+static unsigned long long token_counter = 0;  /* twin: memory.py _tokens = itertools.count(1) */
+
+static PyObject *s_channel, *s_token, *s_permits, *s_owner, *s_site, *s_mode, *s_acquired_at,
+    *s_previous_owner_died, *s_release, *s_release_slow, *s_death_cb, *s_state, *s_debug, *s_ch,
+    *s_fair, *s_cm, *s_cm_stack, *s_acquire, *s_permits_mode, *s_exclusive, *s_acquire_async, *s_r_lease,
+    *s_r_depth, *s_reentrant, *s_owner_key;
+
+static PyTypeObject Mutex_Type;
+static PyTypeObject ChannelState_Type;
+static PyTypeObject Ready_Type;
+
+static inline double
+monotonic_seconds(void)
+{
+    /* The same clock and the same value as time.monotonic(), without the call. */
+#if PY_VERSION_HEX >= 0x030D0000
+    PyTime_t t;
+    (void)PyTime_MonotonicRaw(&t);
+    return PyTime_AsSecondsDouble(t);
+#else
+    return _PyTime_AsSecondsDouble(_PyTime_GetMonotonicClock());
+#endif
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Mutex: a non-reentrant lock usable from Python (with, acquire, release, locked) and from C.     */
+
+typedef struct {
+    PyObject_HEAD
+    PyThread_type_lock lock;
+    char locked;
+} MutexObject;
+
+static int
+mutex_lock(MutexObject *m)
+{
+    /* Returns 0 with the mutex held, or -1 with an exception (a signal handler raised while waiting;
+       the mutex is then not held), like _thread.lock.acquire(). */
+    if (PyThread_acquire_lock(m->lock, NOWAIT_LOCK)) {
+        m->locked = 1;
+        return 0;
+    }
+    for (;;) {
+        PyLockStatus r;
+        Py_BEGIN_ALLOW_THREADS
+        r = PyThread_acquire_lock_timed(m->lock, -1, 1);
+        Py_END_ALLOW_THREADS
+        if (r == PY_LOCK_ACQUIRED) {
+            m->locked = 1;
+            return 0;
+        }
+        if (r == PY_LOCK_INTR && Py_MakePendingCalls() < 0) {
+            return -1;
+        }
+    }
+}
+
+static inline void
+mutex_unlock(MutexObject *m)
+{
+    m->locked = 0;
+    PyThread_release_lock(m->lock);
+}
+
+static PyObject *
+Mutex_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if ((args != NULL && PyTuple_GET_SIZE(args) > 0) || (kwds != NULL && PyDict_GET_SIZE(kwds) > 0)) {
+        PyErr_SetString(PyExc_TypeError, "Mutex() takes no arguments");
+        return NULL;
+    }
+    MutexObject *m = (MutexObject *)type->tp_alloc(type, 0);
+    if (m == NULL) {
+        return NULL;
+    }
+    m->lock = PyThread_allocate_lock();
+    if (m->lock == NULL) {
+        Py_DECREF(m);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)m;
+}
+
+static void
+Mutex_dealloc(MutexObject *m)
+{
+    if (m->lock != NULL) {
+        if (m->locked) {
+            PyThread_release_lock(m->lock);
+        }
+        PyThread_free_lock(m->lock);
+    }
+    Py_TYPE(m)->tp_free((PyObject *)m);
+}
+
+static PyObject *
+Mutex_acquire(MutexObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    int blocking = 1;
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "acquire() takes at most 1 argument");
+        return NULL;
+    }
+    if (nargs == 1 && (blocking = PyObject_IsTrue(args[0])) < 0) {
+        return NULL;
+    }
+    if (!blocking) {
+        if (!PyThread_acquire_lock(m->lock, NOWAIT_LOCK)) {
+            Py_RETURN_FALSE;
+        }
+        m->locked = 1;
+        Py_RETURN_TRUE;
+    }
+    if (mutex_lock(m) < 0) {
+        return NULL;
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+Mutex_release(MutexObject *m, PyObject *Py_UNUSED(ignored))
+{
+    if (!m->locked) {
+        PyErr_SetString(PyExc_RuntimeError, "release unlocked lock");
+        return NULL;
+    }
+    mutex_unlock(m);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Mutex_exit(MutexObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    return Mutex_release(m, NULL);
+}
+
+static PyObject *
+Mutex_enter(MutexObject *m, PyObject *Py_UNUSED(ignored))
+{
+    if (mutex_lock(m) < 0) {
+        return NULL;
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+Mutex_locked(MutexObject *m, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(m->locked);
+}
+
+static PyMethodDef Mutex_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))Mutex_acquire, METH_FASTCALL,
+     "acquire($self, blocking=True, /)\n--\n\nTake the mutex; without blocking, return False if taken."},
+    {"release", (PyCFunction)Mutex_release, METH_NOARGS, "release($self, /)\n--\n\nRelease the mutex."},
+    {"locked", (PyCFunction)Mutex_locked, METH_NOARGS, "locked($self, /)\n--\n\nTrue while held."},
+    {"__enter__", (PyCFunction)Mutex_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))Mutex_exit, METH_FASTCALL, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject Mutex_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "interlock._speedups.Mutex",
+    .tp_doc = "The mutex of a native memory:// channel (C twin of _thread.allocate_lock()).",
+    .tp_basicsize = sizeof(MutexObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = Mutex_new,
+    .tp_dealloc = (destructor)Mutex_dealloc,
+    .tp_methods = Mutex_methods,
+};
+
+/* ---------------------------------------------------------------------------------------------- */
+/* ChannelState: the state of one memory:// primitive, base class of the native MemoryChannel.     */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *mutex;       /* MutexObject, never NULL */
+    PyObject *waiters;     /* collections.deque of waiters */
+    PyObject *holders;     /* dict token -> (owner, permits, acquired_at, mode) */
+    PyObject *last_token;  /* int or NULL (None) */
+    PyObject *r_lease;     /* Channel._r_lease (Lock facades) */
+    Py_ssize_t available;
+    Py_ssize_t r_depth;    /* Channel._r_depth (RLock facades) */
+    char prev_died;
+} ChannelState;
+
+#define IS_NATIVE(ch) PyObject_TypeCheck((ch), &ChannelState_Type)
+
+static PyObject *
+ChannelState_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    ChannelState *self = (ChannelState *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->mutex = Mutex_new(&Mutex_Type, empty_tuple, NULL);
+    if (self->mutex == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int
+ChannelState_traverse(ChannelState *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->waiters);
+    Py_VISIT(self->holders);
+    Py_VISIT(self->r_lease);
+    return 0;
+}
+
+static int
+ChannelState_clear(ChannelState *self)
+{
+    Py_CLEAR(self->waiters);
+    Py_CLEAR(self->holders);
+    Py_CLEAR(self->r_lease);
+    Py_CLEAR(self->last_token);
+    return 0;
+}
+
+static void
+ChannelState_dealloc(ChannelState *self)
+{
+    PyObject_GC_UnTrack(self);
+    ChannelState_clear(self);
+    Py_CLEAR(self->mutex);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static inline Py_ssize_t
+queue_length(ChannelState *self)
+{
+    return self->waiters == NULL ? 0 : PyObject_Length(self->waiters);
+}
+
+/* twin: memory.py _PyChannelState._grant_locked. Caller holds the mutex and checked that the permits
+   fit. Every allocation comes first; the shared state changes only at the end, by stores that cannot
+   fail or run Python code, so a failure (MemoryError) leaves nothing behind. */
+static PyObject *
+grant_locked(ChannelState *self, Py_ssize_t permits, PyObject *permits_obj, PyObject *owner,
+             PyObject *site, PyObject *mode)
+{
+    PyObject *token = NULL, *lease = NULL, *at = NULL, *rec = NULL;
+    if (self->holders == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "memory channel not initialised");
+        return NULL;
+    }
+    token = PyLong_FromUnsignedLongLong(++token_counter);
+    if (token == NULL) {
+        return NULL;
+    }
+    lease = ((PyTypeObject *)Lease_type)->tp_new((PyTypeObject *)Lease_type, empty_tuple, NULL);
+    if (lease == NULL) {
+        goto fail;
+    }
+    at = PyFloat_FromDouble(monotonic_seconds());
+    if (at == NULL) {
+        goto fail;
+    }
+    if (PyObject_SetAttr(lease, s_channel, (PyObject *)self) < 0
+        || PyObject_SetAttr(lease, s_token, token) < 0
+        || PyObject_SetAttr(lease, s_permits, permits_obj) < 0
+        || PyObject_SetAttr(lease, s_owner, owner) < 0
+        || PyObject_SetAttr(lease, s_site, site) < 0
+        || PyObject_SetAttr(lease, s_mode, mode) < 0
+        || PyObject_SetAttr(lease, s_acquired_at, at) < 0) {
+        goto fail;
+    }
+    if (self->prev_died && PyObject_SetAttr(lease, s_previous_owner_died, Py_True) < 0) {
+        goto fail;
+    }
+    rec = PyTuple_Pack(4, owner, permits_obj, at, mode);
+    if (rec == NULL || PyDict_SetItem(self->holders, token, rec) < 0) {
+        goto fail;
+    }
+    /* committed: plain stores from here on */
+    Py_DECREF(rec);
+    Py_DECREF(at);
+    Py_XSETREF(self->last_token, token);
+    self->prev_died = 0;
+    self->available -= permits;
+    return lease;
+fail:
+    /* Nothing was committed. A half-built Lease must not look held to its finalizer. */
+    if (lease != NULL) {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        if (PyObject_SetAttr(lease, s_state, one) < 0) {
+            PyErr_Clear();
+        }
+        PyErr_Restore(et, ev, tb);
+    }
+    Py_XDECREF(rec);
+    Py_XDECREF(at);
+    Py_XDECREF(lease);
+    Py_DECREF(token);
+    return NULL;
+}
+
+/* twin: memory.py _PyChannelState._try_grant. Returns a new Lease, None (would have to wait), or NULL
+   with an exception. */
+static PyObject *
+try_grant(ChannelState *self, Py_ssize_t permits, PyObject *permits_obj, PyObject *owner, PyObject *site,
+          PyObject *mode, int fair)
+{
+    MutexObject *m = (MutexObject *)self->mutex;
+    PyObject *r;
+    if (mutex_lock(m) < 0) {
+        return NULL;
+    }
+    Py_ssize_t queued = queue_length(self);
+    if (queued < 0) {
+        r = NULL;
+    }
+    else if (self->available >= permits && (queued == 0 || !fair)) {
+        r = grant_locked(self, permits, permits_obj, owner, site, mode);
+    }
+    else {
+        r = Py_NewRef(Py_None);
+    }
+    mutex_unlock(m);
+    return r;
+}
+
+static int
+get_permits(PyObject *o, Py_ssize_t *out)
+{
+    if (!PyLong_Check(o)) {
+        PyErr_SetString(PyExc_TypeError, "permits must be an int");
+        return -1;
+    }
+    *out = PyLong_AsSsize_t(o);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static PyObject *
+ChannelState_grant_locked(ChannelState *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t permits;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "_grant_locked(permits, owner, site, mode)");
+        return NULL;
+    }
+    if (get_permits(args[0], &permits) < 0) {
+        return NULL;
+    }
+    return grant_locked(self, permits, args[0], args[1], args[2], args[3]);
+}
+
+static PyObject *
+ChannelState_try_grant(ChannelState *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t permits;
+    int fair;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "_try_grant(permits, owner, site, mode, fair)");
+        return NULL;
+    }
+    if (get_permits(args[0], &permits) < 0 || (fair = PyObject_IsTrue(args[4])) < 0) {
+        return NULL;
+    }
+    return try_grant(self, permits, args[0], args[1], args[2], args[3], fair);
+}
+
+/* twin: memory.py _MemoryChannelBase._release_py (the pure-Python release). The C code handles a whole
+   release with nobody queued; every other case (waiters to wake, a partial release) goes to the Python
+   method before anything was changed. */
+static PyObject *
+channel_release(ChannelState *self, PyObject *lease, PyObject *permits_obj, PyObject *abandoned_obj)
+{
+    Py_ssize_t permits, held;
+    int abandoned, handled = 0;
+    PyObject *rec = NULL, *token, *cb;
+    if (get_permits(permits_obj, &permits) < 0 || (abandoned = PyObject_IsTrue(abandoned_obj)) < 0) {
+        return NULL;
+    }
+    token = PyObject_GetAttr(lease, s_token);
+    if (token == NULL) {
+        return NULL;
+    }
+    MutexObject *m = (MutexObject *)self->mutex;
+    if (mutex_lock(m) < 0) {
+        Py_DECREF(token);
+        return NULL;
+    }
+    if (queue_length(self) == 0 && self->holders != NULL) {
+        rec = PyDict_GetItemWithError(self->holders, token);  /* borrowed */
+        if (rec == NULL) {
+            handled = PyErr_Occurred() ? -1 : 1;  /* not held (any more): nothing to return */
+        }
+        else if (PyTuple_CheckExact(rec) && PyTuple_GET_SIZE(rec) == 4
+                 && PyLong_CheckExact(PyTuple_GET_ITEM(rec, 1))
+                 && (held = PyLong_AsSsize_t(PyTuple_GET_ITEM(rec, 1))) <= permits && held >= 0) {
+            Py_INCREF(rec);
+            if (PyDict_DelItem(self->holders, token) < 0) {
+                handled = -1;
+            }
+            else {
+                self->available += held;
+                if (abandoned) {
+                    self->prev_died = 1;
+                }
+                handled = 1;
+            }
+        }
+        else {
+            rec = NULL;
+            if (PyErr_Occurred()) {
+                handled = -1;
+            }
+        }
+    }
+    mutex_unlock(m);
+    /* references are dropped only now, outside the mutex */
+    Py_XDECREF(rec);
+    Py_DECREF(token);
+    if (handled < 0) {
+        return NULL;
+    }
+    if (!handled) {
+        PyObject *args[4] = {(PyObject *)self, lease, permits_obj, abandoned_obj};
+        return PyObject_VectorcallMethod(s_release_slow, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    cb = PyObject_GetAttr(lease, s_death_cb);
+    if (cb == NULL) {
+        return NULL;
+    }
+    if (cb != Py_None) {
+        Py_DECREF(cb);
+        return PyObject_CallOneArg(untrack_task_death, lease);
+    }
+    Py_DECREF(cb);
+    Py_RETURN_NONE;
+}
+
+/* twin: _lease.Lease.release for a held Lease of a native channel (anything else calls the Python
+   method): mark it released, then return its permits. */
+static PyObject *
+lease_release(PyObject *lease)
+{
+    PyObject *state = PyObject_GetAttr(lease, s_state), *ch, *permits, *r;
+    if (state == NULL) {
+        return NULL;
+    }
+    int held = PyLong_CheckExact(state) && PyLong_AsLong(state) == 0;
+    Py_DECREF(state);
+    if (!held) {
+        return PyObject_CallMethodNoArgs(lease, s_release);  /* lost or already released */
+    }
+    if ((ch = PyObject_GetAttr(lease, s_channel)) == NULL) {
+        return NULL;
+    }
+    if (!IS_NATIVE(ch)) {
+        Py_DECREF(ch);
+        return PyObject_CallMethodNoArgs(lease, s_release);
+    }
+    if ((permits = PyObject_GetAttr(lease, s_permits)) == NULL || PyObject_SetAttr(lease, s_state, one) < 0) {
+        Py_XDECREF(permits);
+        Py_DECREF(ch);
+        return NULL;
+    }
+    r = channel_release((ChannelState *)ch, lease, permits, Py_False);
+    Py_DECREF(permits);
+    Py_DECREF(ch);
+    return r;
+}
+
+static PyObject *
+ChannelState_release(ChannelState *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *abandoned = Py_False;
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs + nkw < 2 || nargs + nkw > 3 || nargs < 2
+        || (nkw == 1 && !PyUnicode_Check(PyTuple_GET_ITEM(kwnames, 0)))
+        || (nkw == 1 && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "abandoned") != 0)) {
+        PyErr_SetString(PyExc_TypeError, "release(lease, permits, abandoned=False)");
+        return NULL;
+    }
+    if (nargs + nkw == 3) {
+        abandoned = args[2];
+    }
+    return channel_release(self, args[0], args[1], abandoned);
+}
+
+static PyObject *
+mutex_get(ChannelState *self, void *closure)
+{
+    return Py_NewRef(self->mutex);
+}
+
+static int
+mutex_set(ChannelState *self, PyObject *value, void *closure)
+{
+    if (value == NULL || !PyObject_TypeCheck(value, &Mutex_Type)) {
+        PyErr_SetString(PyExc_TypeError, "_mutex must be an interlock._speedups.Mutex");
+        return -1;
+    }
+    Py_SETREF(self->mutex, Py_NewRef(value));
+    return 0;
+}
+
+static PyGetSetDef ChannelState_getset[] = {
+    {"_mutex", (getter)mutex_get, (setter)mutex_set, "the channel's mutex", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef ChannelState_members[] = {
+    {"available", T_PYSSIZET, offsetof(ChannelState, available), 0, "free permits"},
+    {"waiters", T_OBJECT_EX, offsetof(ChannelState, waiters), 0, "FIFO deque of waiters"},
+    {"holders", T_OBJECT_EX, offsetof(ChannelState, holders), 0, "token -> (owner, permits, at, mode)"},
+    {"_last_token", T_OBJECT, offsetof(ChannelState, last_token), 0, "last token granted"},
+    {"_prev_died", T_BOOL, offsetof(ChannelState, prev_died), 0, "the next grant follows a dead holder"},
+    {"_r_lease", T_OBJECT, offsetof(ChannelState, r_lease), 0, "the lease taken through Lock objects"},
+    {"_r_depth", T_PYSSIZET, offsetof(ChannelState, r_depth), 0, "RLock depth"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMethodDef ChannelState_methods[] = {
+    {"_grant_locked", (PyCFunction)(void (*)(void))ChannelState_grant_locked, METH_FASTCALL,
+     "_grant_locked($self, permits, owner, site, mode, /)\n--\n\nMake a grant (caller holds _mutex)."},
+    {"_try_grant", (PyCFunction)(void (*)(void))ChannelState_try_grant, METH_FASTCALL,
+     "_try_grant($self, permits, owner, site, mode, fair, /)\n--\n\nGrant at once if possible, else None."},
+    {"release", (PyCFunction)(void (*)(void))ChannelState_release, METH_FASTCALL | METH_KEYWORDS,
+     "release($self, lease, permits, abandoned=False)\n--\n\nReturn the permits of a lease."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ChannelState_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "interlock._speedups.ChannelState",
+    .tp_doc = "Native state and fast paths of a memory:// channel (twin: memory.py _PyChannelState).",
+    .tp_basicsize = sizeof(ChannelState),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = ChannelState_new,
+    .tp_dealloc = (destructor)ChannelState_dealloc,
+    .tp_traverse = (traverseproc)ChannelState_traverse,
+    .tp_clear = (inquiry)ChannelState_clear,
+    .tp_methods = ChannelState_methods,
+    .tp_members = ChannelState_members,
+    .tp_getset = ChannelState_getset,
+};
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Ready: an awaitable that is already done (what a coroutine returning at once would give).        */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *result;
+} ReadyObject;
+
+static PyObject *
+ready_new(PyObject *result)
+{
+    ReadyObject *r = PyObject_New(ReadyObject, &Ready_Type);
+    if (r == NULL) {
+        return NULL;
+    }
+    r->result = Py_NewRef(result);
+    return (PyObject *)r;
+}
+
+static void
+Ready_dealloc(ReadyObject *r)
+{
+    Py_CLEAR(r->result);
+    PyObject_Free(r);
+}
+
+static PyObject *
+Ready_await(ReadyObject *r)
+{
+    return Py_NewRef(r);
+}
+
+static PyObject *
+Ready_iternext(ReadyObject *r)
+{
+    if (r->result == Py_None) {
+        PyErr_SetNone(PyExc_StopIteration);
+    }
+    else {
+        PyObject *exc = PyObject_CallOneArg(PyExc_StopIteration, r->result);
+        if (exc == NULL) {
+            return NULL;
+        }
+        PyErr_SetObject(PyExc_StopIteration, exc);
+        Py_DECREF(exc);
+    }
+    return NULL;
+}
+
+static PySendResult
+Ready_send(ReadyObject *r, PyObject *arg, PyObject **result)
+{
+    *result = Py_NewRef(r->result);
+    return PYGEN_RETURN;
+}
+
+static PyAsyncMethods Ready_async = {
+    .am_await = (unaryfunc)Ready_await,
+    .am_send = (sendfunc)Ready_send,
+};
+
+static PyTypeObject Ready_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "interlock._speedups.Ready",
+    .tp_doc = "An awaitable whose result is already known.",
+    .tp_basicsize = sizeof(ReadyObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)Ready_dealloc,
+    .tp_as_async = &Ready_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)Ready_iternext,
+};
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Facade methods (twins: the methods of the same name in _primitives.py).                         */
+
+static Py_ssize_t
+slot_offset(PyObject *cls, const char *name)
+{
+    PyObject *d = PyObject_GetAttrString(cls, name);
+    Py_ssize_t off = 0;
+    if (d == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+        PyMemberDef *md = ((PyMemberDescrObject *)d)->d_member;
+        if (md->type == T_OBJECT_EX) {
+            off = md->offset;
+        }
+    }
+    Py_DECREF(d);
+    return off;
+}
+
+/* self.<slot> through its offset (self was type-checked by the method descriptor); new reference */
+static inline PyObject *
+slot_get(PyObject *self, Py_ssize_t off, PyObject *name)
+{
+    if (off > 0) {
+        PyObject *v = *(PyObject **)((char *)self + off);
+        if (v != NULL) {
+            return Py_NewRef(v);
+        }
+    }
+    return PyObject_GetAttr(self, name);
+}
+
+static inline PyObject *
+cm_stack_of(PyObject *owner)
+{
+    return Py_IS_TYPE(owner, ThreadOwner_type) ? slot_get(owner, off_cm_stack, s_cm_stack)
+                                                : cm_stack_of(owner);
+}
+
+static int
+debug_on(void)
+{
+    PyObject *d = PyDict_GetItemWithError(lease_module_dict, s_debug);  /* borrowed */
+    if (d == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    return PyObject_IsTrue(d);
+}
+
+/* The calling thread's owner: _core.owner._tls.owner, created by thread_owner() on first use.
+   _tls.owner never changes once set, so a copy is kept in the thread state's dict (a lookup there
+   costs a third of a threading.local attribute read). Returns a new reference. If `create` is false,
+   returns NULL without an exception when the thread has no owner yet. */
+static PyObject *
+thread_owner_ref(int create)
+{
+    PyObject *tdict = PyThreadState_GetDict();  /* borrowed */
+    PyObject *o;
+    if (tdict != NULL) {
+        o = PyDict_GetItemWithError(tdict, s_owner_key);  /* borrowed */
+        if (o != NULL) {
+            return Py_NewRef(o);
+        }
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    o = PyObject_GetAttr(tls, s_owner);
+    if (o == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return NULL;
+        }
+        PyErr_Clear();
+        if (!create) {
+            return NULL;
+        }
+        if ((o = PyObject_CallNoArgs(thread_owner_fn)) == NULL) {
+            return NULL;
+        }
+    }
+    if (tdict != NULL && Py_IS_TYPE(o, ThreadOwner_type) && PyDict_SetItem(tdict, s_owner_key, o) < 0) {
+        Py_DECREF(o);
+        return NULL;
+    }
+    return o;
+}
+
+static PyObject *
+current_thread_owner(void)
+{
+    return thread_owner_ref(1);
+}
+
+static PyObject *
+caller_code(void)
+{
+    /* _getframe(1).f_code seen from a Python method = the code of the frame calling this C method */
+    PyFrameObject *f = PyEval_GetFrame();  /* borrowed */
+    if (f == NULL) {
+        Py_RETURN_NONE;
+    }
+    return (PyObject *)PyFrame_GetCode(f);
+}
+
+/* The channel of a facade when the C fast path applies to it (native channel, not in debug mode);
+   NULL with no exception set when the Python twin must run; NULL with an exception on error. */
+static ChannelState *
+fast_channel(PyObject *self)
+{
+    PyObject *ch = slot_get(self, off_ch, s_ch);
+    int dbg;
+    if (ch == NULL) {
+        return NULL;
+    }
+    if (!IS_NATIVE(ch) || (dbg = debug_on()) != 0) {
+        Py_DECREF(ch);
+        return NULL;
+    }
+    return (ChannelState *)ch;
+}
+
+static PyObject *
+call_with_self(PyObject *func, PyObject *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t total = nargs + (kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames));
+    PyObject *small[8];
+    PyObject **stack = total < 8 ? small : PyMem_Malloc((total + 1) * sizeof(PyObject *));
+    PyObject *r;
+    if (stack == NULL) {
+        return PyErr_NoMemory();
+    }
+    stack[0] = self;
+    for (Py_ssize_t i = 0; i < total; i++) {
+        stack[i + 1] = args[i];
+    }
+    r = PyObject_Vectorcall(func, stack, nargs + 1, kwnames);
+    if (stack != small) {
+        PyMem_Free(stack);
+    }
+    return r;
+}
+
+/* Grant one uncontended request through a native channel, or take the Python slow path
+   (MemoryChannel.acquire, which re-checks and queues). Returns a new reference. */
+static PyObject *
+facade_grant(ChannelState *ch, Py_ssize_t permits, PyObject *permits_obj, PyObject *owner, PyObject *mode,
+             PyObject *fair_obj)
+{
+    int fair = PyObject_IsTrue(fair_obj);
+    PyObject *site, *lease;
+    if (fair < 0 || (site = caller_code()) == NULL) {
+        return NULL;
+    }
+    lease = try_grant(ch, permits, permits_obj, owner, site, mode, fair);
+    if (lease == Py_None) {
+        Py_DECREF(lease);
+        PyObject *args[8] = {(PyObject *)ch, permits_obj, Py_None, Py_True, owner, site, mode, fair_obj};
+        lease = PyObject_VectorcallMethod(s_acquire, args, 8 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    Py_DECREF(site);
+    return lease;
+}
+
+static PyObject *
+sem_thread_acquire(PyObject *self, ChannelState *ch, Py_ssize_t permits, PyObject *permits_obj)
+{
+    PyObject *owner, *fair, *lease = NULL;
+    if ((fair = slot_get(self, off_fair, s_fair)) == NULL) {
+        return NULL;
+    }
+    if ((owner = current_thread_owner()) != NULL) {
+        lease = facade_grant(ch, permits, permits_obj, owner, s_permits_mode, fair);
+    }
+    Py_DECREF(fair);
+    Py_XDECREF(owner);
+    return lease;
+}
+
+/* twin: _primitives.Semaphore.__enter__ */
+static PyObject *
+sem_enter(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    ChannelState *ch = fast_channel(self);
+    PyObject *owner, *lease, *stack;
+    if (ch == NULL) {
+        return PyErr_Occurred() ? NULL : PyObject_CallOneArg(py_sem_enter, self);
+    }
+    if ((owner = current_thread_owner()) == NULL) {
+        Py_DECREF(ch);
+        return NULL;
+    }
+    PyObject *fair = slot_get(self, off_fair, s_fair);
+    lease = fair == NULL ? NULL : facade_grant(ch, 1, one, owner, s_permits_mode, fair);
+    Py_XDECREF(fair);
+    Py_DECREF(ch);
+    if (lease != NULL) {
+        /* `with` blocks nest, so each thread keeps one LIFO stack of the leases its blocks hold. */
+        stack = cm_stack_of(owner);
+        if (stack == NULL || PyList_Append(stack, lease) < 0) {
+            Py_CLEAR(lease);  /* MemoryError: the dropped Lease returns its permits */
+        }
+        Py_XDECREF(stack);
+    }
+    Py_DECREF(owner);
+    return lease;
+}
+
+/* twin: _primitives.Semaphore.__exit__ */
+static PyObject *
+sem_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *owner, *stack, *ch, *top, *top_ch, *r;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "__exit__ takes 3 arguments");
+        return NULL;
+    }
+    owner = thread_owner_ref(0);
+    if (owner == NULL) {
+        return PyErr_Occurred() ? NULL : call_with_self(py_sem_exit, self, args, nargs, NULL);
+    }
+    stack = cm_stack_of(owner);
+    Py_DECREF(owner);
+    if (stack == NULL) {
+        return NULL;
+    }
+    ch = slot_get(self, off_ch, s_ch);
+    if (ch == NULL) {
+        Py_DECREF(stack);
+        return NULL;
+    }
+    Py_ssize_t n = PyList_Check(stack) ? PyList_GET_SIZE(stack) : 0;
+    if (n == 0 || !IS_NATIVE(ch)) {
+        Py_DECREF(ch);
+        Py_DECREF(stack);
+        return call_with_self(py_sem_exit, self, args, nargs, NULL);
+    }
+    top = Py_NewRef(PyList_GET_ITEM(stack, n - 1));
+    top_ch = PyObject_GetAttr(top, s_channel);
+    Py_DECREF(ch);
+    if (top_ch != ch) {
+        Py_XDECREF(top_ch);
+        Py_DECREF(top);
+        Py_DECREF(stack);
+        PyErr_Clear();
+        return call_with_self(py_sem_exit, self, args, nargs, NULL);
+    }
+    Py_DECREF(top_ch);
+    r = PyList_SetSlice(stack, n - 1, n, NULL) < 0 ? NULL : lease_release(top);
+    Py_DECREF(top);
+    Py_DECREF(stack);
+    if (r == NULL) {
+        return NULL;
+    }
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
+/* twin: _primitives.Semaphore.acquire (the C path takes only `acquire()` / `acquire(n)`) */
+static PyObject *
+sem_acquire(PyObject *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), permits = 1;
+    PyObject *permits_obj = one;
+    if ((kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) || nargs > 1) {
+        return call_with_self(py_sem_acquire, self, args, nargs, kwnames);
+    }
+    if (nargs == 1) {
+        permits_obj = args[0];
+        if (!PyLong_CheckExact(permits_obj)) {
+            return call_with_self(py_sem_acquire, self, args, nargs, kwnames);
+        }
+        permits = PyLong_AsSsize_t(permits_obj);
+        if (permits < 1) {
+            PyErr_Clear();
+            return call_with_self(py_sem_acquire, self, args, nargs, kwnames);
+        }
+    }
+    ChannelState *ch = fast_channel(self);
+    if (ch == NULL) {
+        return PyErr_Occurred() ? NULL : call_with_self(py_sem_acquire, self, args, nargs, kwnames);
+    }
+    PyObject *lease = sem_thread_acquire(self, ch, permits, permits_obj);
+    Py_DECREF(ch);
+    return lease;
+}
+
+static PyObject *
+task_owner(void)
+{
+    return PyObject_CallNoArgs(task_owner_fn);
+}
+
+/* twin: _primitives.Semaphore.__aenter__ (uncontended on a native channel; else the Python coroutine) */
+static PyObject *
+sem_aenter(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    ChannelState *ch = fast_channel(self);
+    PyObject *owner = NULL, *fair = NULL, *site = NULL, *lease = NULL, *cm = NULL, *prev, *r = NULL;
+    int fair_b;
+    if (ch == NULL) {
+        return PyErr_Occurred() ? NULL : PyObject_CallOneArg(py_sem_aenter, self);
+    }
+    if ((owner = task_owner()) == NULL || (fair = slot_get(self, off_fair, s_fair)) == NULL
+        || (fair_b = PyObject_IsTrue(fair)) < 0 || (site = caller_code()) == NULL) {
+        goto done;
+    }
+    lease = try_grant(ch, 1, one, owner, site, s_permits_mode, fair_b);
+    if (lease == NULL) {
+        goto done;
+    }
+    if (lease == Py_None) {  /* would wait: the Python coroutine does it all */
+        Py_CLEAR(lease);
+        r = PyObject_CallOneArg(py_sem_aenter, self);
+        goto done;
+    }
+    /* Per-task record of the leases taken by `async with` blocks (a task's blocks nest). */
+    if ((cm = slot_get(self, off_cm, s_cm)) == NULL || !PyDict_CheckExact(cm)) {
+        if (cm != NULL) {
+            PyErr_SetString(PyExc_TypeError, "Semaphore._cm must be a dict");
+        }
+        goto done;
+    }
+    prev = PyDict_GetItemWithError(cm, owner);  /* borrowed */
+    if (prev == NULL) {
+        if (PyErr_Occurred() || PyDict_SetItem(cm, owner, lease) < 0) {
+            goto done;
+        }
+    }
+    else if (PyList_CheckExact(prev)) {
+        if (PyList_Append(prev, lease) < 0) {
+            goto done;
+        }
+    }
+    else {
+        PyObject *pair = PyList_New(2);
+        if (pair == NULL) {
+            goto done;
+        }
+        PyList_SET_ITEM(pair, 0, Py_NewRef(prev));
+        PyList_SET_ITEM(pair, 1, Py_NewRef(lease));
+        int e = PyDict_SetItem(cm, owner, pair);
+        Py_DECREF(pair);
+        if (e < 0) {
+            goto done;
+        }
+    }
+    r = ready_new(lease);
+done:
+    Py_XDECREF(cm);
+    Py_XDECREF(lease);  /* on error, a granted Lease is dropped here and returns its permits */
+    Py_XDECREF(site);
+    Py_XDECREF(fair);
+    Py_XDECREF(owner);
+    Py_DECREF(ch);
+    return r;
+}
+
+/* twin: _primitives.Semaphore.__aexit__ (a task's single `async with` lease on a native channel) */
+static PyObject *
+sem_aexit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *ch, *owner = NULL, *cm = NULL, *lease, *r = NULL;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "__aexit__ takes 3 arguments");
+        return NULL;
+    }
+    ch = slot_get(self, off_ch, s_ch);
+    if (ch == NULL) {
+        return NULL;
+    }
+    if (!IS_NATIVE(ch)) {
+        Py_DECREF(ch);
+        return call_with_self(py_sem_aexit, self, args, nargs, NULL);
+    }
+    Py_DECREF(ch);
+    if ((owner = task_owner()) == NULL || (cm = slot_get(self, off_cm, s_cm)) == NULL) {
+        goto done;
+    }
+    lease = PyDict_CheckExact(cm) ? PyDict_GetItemWithError(cm, owner) : NULL;  /* borrowed */
+    if (lease == NULL || PyList_CheckExact(lease)) {  /* none, or nested blocks: the Python twin */
+        if (!PyErr_Occurred()) {
+            r = call_with_self(py_sem_aexit, self, args, nargs, NULL);
+        }
+        goto done;
+    }
+    Py_INCREF(lease);
+    if (PyDict_DelItem(cm, owner) < 0) {
+        Py_DECREF(lease);
+        goto done;
+    }
+    r = lease_release(lease);  /* memory:// release never blocks */
+    Py_DECREF(lease);
+    if (r != NULL) {
+        Py_SETREF(r, ready_new(Py_None));
+    }
+done:
+    Py_XDECREF(cm);
+    Py_XDECREF(owner);
+    return r;
+}
+
+static int
+reentrant(PyObject *self)
+{
+    PyObject *v = _PyType_Lookup(Py_TYPE(self), s_reentrant);  /* borrowed */
+    return v != NULL && PyObject_IsTrue(v);
+}
+
+/* twin: _primitives.Lock.__enter__ (non-reentrant locks) */
+static PyObject *
+lock_enter(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    ChannelState *ch;
+    PyObject *owner, *lease;
+    if (reentrant(self) || (ch = fast_channel(self)) == NULL) {
+        return PyErr_Occurred() ? NULL : PyObject_CallOneArg(py_lock_enter, self);
+    }
+    if ((owner = current_thread_owner()) == NULL) {
+        Py_DECREF(ch);
+        return NULL;
+    }
+    lease = facade_grant(ch, 1, one, owner, s_exclusive, Py_True);
+    if (lease != NULL) {
+        Py_XSETREF(ch->r_lease, Py_NewRef(lease));
+        ch->r_depth = 1;
+    }
+    Py_DECREF(owner);
+    Py_DECREF(ch);
+    return lease;
+}
+
+/* twin: _primitives.Lock.acquire (the C path takes only `acquire()`) */
+static PyObject *
+lock_acquire(PyObject *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if ((kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) || nargs > 0) {
+        return call_with_self(py_lock_acquire, self, args, nargs, kwnames);
+    }
+    ChannelState *ch;
+    PyObject *owner, *lease;
+    if (reentrant(self) || (ch = fast_channel(self)) == NULL) {
+        return PyErr_Occurred() ? NULL : call_with_self(py_lock_acquire, self, args, nargs, kwnames);
+    }
+    if ((owner = current_thread_owner()) == NULL) {
+        Py_DECREF(ch);
+        return NULL;
+    }
+    lease = facade_grant(ch, 1, one, owner, s_exclusive, Py_True);
+    if (lease != NULL) {
+        Py_XSETREF(ch->r_lease, Py_NewRef(lease));
+        ch->r_depth = 1;
+    }
+    Py_DECREF(owner);
+    Py_DECREF(ch);
+    return lease;
+}
+
+/* twin: _primitives.Lock.__exit__ (non-reentrant locks) */
+static PyObject *
+lock_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    ChannelState *ch;
+    PyObject *lease, *r;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "__exit__ takes 3 arguments");
+        return NULL;
+    }
+    if (reentrant(self) || (ch = (ChannelState *)slot_get(self, off_ch, s_ch)) == NULL) {
+        return PyErr_Occurred() ? NULL : call_with_self(py_lock_exit, self, args, nargs, NULL);
+    }
+    if (!IS_NATIVE(ch)) {
+        Py_DECREF(ch);
+        return call_with_self(py_lock_exit, self, args, nargs, NULL);
+    }
+    lease = ch->r_lease;  /* steal the channel's reference */
+    ch->r_lease = NULL;
+    Py_DECREF(ch);
+    if (lease == NULL || lease == Py_None) {
+        Py_XDECREF(lease);
+        Py_RETURN_NONE;
+    }
+    r = lease_release(lease);
+    Py_DECREF(lease);
+    if (r == NULL) {
+        return NULL;
+    }
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef sem_defs[] = {
+    {"__enter__", (PyCFunction)sem_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))sem_exit, METH_FASTCALL, NULL},
+    {"acquire", (PyCFunction)(void (*)(void))sem_acquire, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"__aenter__", (PyCFunction)sem_aenter, METH_NOARGS, NULL},
+    {"__aexit__", (PyCFunction)(void (*)(void))sem_aexit, METH_FASTCALL, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef lock_defs[] = {
+    {"__enter__", (PyCFunction)lock_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))lock_exit, METH_FASTCALL, NULL},
+    {"acquire", (PyCFunction)(void (*)(void))lock_acquire, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject **sem_fallbacks[] = {&py_sem_enter, &py_sem_exit, &py_sem_acquire, &py_sem_aenter, &py_sem_aexit};
+static PyObject **lock_fallbacks[] = {&py_lock_enter, &py_lock_exit, &py_lock_acquire};
+
+static int
+bind(PyObject *cls, PyMethodDef *defs, PyObject ***fallbacks)
+{
+    for (int i = 0; defs[i].ml_name != NULL; i++) {
+        PyObject *orig = PyObject_GetAttrString(cls, defs[i].ml_name);
+        if (orig == NULL) {
+            return -1;
+        }
+        /* keep the Python method's docstring and signature for help() */
+        PyObject *doc = PyObject_GetAttrString(orig, "__doc__");
+        Py_XSETREF(*fallbacks[i], orig);
+        if (doc == NULL) {
+            return -1;
+        }
+        PyObject *descr = PyDescr_NewMethod((PyTypeObject *)cls, &defs[i]);
+        if (descr == NULL) {
+            Py_DECREF(doc);
+            return -1;
+        }
+        int e = PyObject_SetAttrString(cls, defs[i].ml_name, descr);
+        Py_DECREF(descr);
+        Py_DECREF(doc);
+        if (e < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+bind_facades(PyObject *module, PyObject *args)
+{
+    PyObject *lock_cls, *sem_cls, *tls_o, *thread_owner_o, *lease_mod, *task_owner_o, *owner_cls, *d;
+    if (!PyArg_ParseTuple(args, "O!O!OOOOO!:bind_facades", &PyType_Type, &lock_cls, &PyType_Type, &sem_cls,
+                          &tls_o, &thread_owner_o, &lease_mod, &task_owner_o, &PyType_Type, &owner_cls)) {
+        return NULL;
+    }
+    Py_XSETREF(ThreadOwner_type, (PyTypeObject *)Py_NewRef(owner_cls));
+    off_ch = slot_offset(sem_cls, "_ch");
+    off_fair = slot_offset(sem_cls, "_fair");
+    off_cm = slot_offset(sem_cls, "_cm");
+    off_cm_stack = slot_offset(owner_cls, "cm_stack");
+    if (slot_offset(lock_cls, "_ch") != off_ch) {
+        PyErr_SetString(PyExc_TypeError, "Lock and Semaphore must share the _Primitive slots");
+        return NULL;
+    }
+    if ((d = PyObject_GetAttrString(lease_mod, "__dict__")) == NULL) {
+        return NULL;
+    }
+    Py_XSETREF(lease_module_dict, d);
+    Py_XSETREF(tls, Py_NewRef(tls_o));
+    Py_XSETREF(thread_owner_fn, Py_NewRef(thread_owner_o));
+    Py_XSETREF(task_owner_fn, Py_NewRef(task_owner_o));
+    if (bind(sem_cls, sem_defs, sem_fallbacks) < 0 || bind(lock_cls, lock_defs, lock_fallbacks) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+configure(PyObject *module, PyObject *args)
+{
+    PyObject *lease_type, *untrack;
+    if (!PyArg_ParseTuple(args, "O!O:configure", &PyType_Type, &lease_type, &untrack)) {
+        return NULL;
+    }
+    Py_XSETREF(Lease_type, Py_NewRef(lease_type));
+    Py_XSETREF(untrack_task_death, Py_NewRef(untrack));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"configure", configure, METH_VARARGS,
+     "configure(Lease, untrack_task_death, /)\n--\n\nSet the classes and hooks the fast paths use."},
+    {"bind_facades", bind_facades, METH_VARARGS,
+     "bind_facades(Lock, Semaphore, tls, thread_owner, lease_module, task_owner, ThreadOwner, /)\n--\n\n"
+     "Install the C fast paths as methods of the facade classes (the Python ones stay as fallbacks)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "interlock._speedups",
+    .m_doc = "Optional native accelerator of the memory:// fast path (see memory.py for the twins).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+#define INTERN(var, text) \
+    if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL;
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+#ifdef Py_GIL_DISABLED
+    PyErr_SetString(PyExc_ImportError, "interlock._speedups relies on the GIL; using the pure-Python path");
+    return NULL;
+#else
+    PyObject *m;
+    INTERN(s_channel, "_channel");
+    INTERN(s_token, "token");
+    INTERN(s_permits, "permits");
+    INTERN(s_owner, "owner");
+    INTERN(s_site, "_site");
+    INTERN(s_mode, "mode");
+    INTERN(s_acquired_at, "acquired_at");
+    INTERN(s_previous_owner_died, "previous_owner_died");
+    INTERN(s_release, "release");
+    INTERN(s_release_slow, "_release_py");
+    INTERN(s_death_cb, "_death_cb");
+    INTERN(s_state, "_state");
+    INTERN(s_debug, "_debug");
+    INTERN(s_ch, "_ch");
+    INTERN(s_fair, "_fair");
+    INTERN(s_cm, "_cm");
+    INTERN(s_cm_stack, "cm_stack");
+    INTERN(s_acquire, "acquire");
+    INTERN(s_permits_mode, "permits");
+    INTERN(s_exclusive, "exclusive");
+    INTERN(s_acquire_async, "acquire_async");
+    INTERN(s_r_lease, "_r_lease");
+    INTERN(s_r_depth, "_r_depth");
+    INTERN(s_reentrant, "_reentrant");
+    INTERN(s_owner_key, "interlock._speedups.thread_owner");
+    if ((empty_tuple = PyTuple_New(0)) == NULL || (one = PyLong_FromLong(1)) == NULL) {
+        return NULL;
+    }
+    if (PyType_Ready(&Mutex_Type) < 0 || PyType_Ready(&ChannelState_Type) < 0 || PyType_Ready(&Ready_Type) < 0) {
+        return NULL;
+    }
+    m = PyModule_Create(&speedups_module);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(m, "Mutex", (PyObject *)&Mutex_Type) < 0
+        || PyModule_AddObjectRef(m, "ChannelState", (PyObject *)&ChannelState_Type) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+#endif
+}

@@ -1,0 +1,51 @@
+"""Type stub of the optional C accelerator ``interlock._speedups`` (src/interlock/_speedups.c).
+
+Its pure-Python twins live in ``interlock.backends.memory`` (``_PyChannelState``) and
+``interlock._primitives`` (the facade methods); see the C file's header for the list.
+"""
+
+from collections import deque
+from collections.abc import Callable
+from types import ModuleType, TracebackType
+from typing import Any
+
+from ._lease import Lease
+
+class Mutex:
+    """A non-reentrant mutex (C twin of ``_thread.allocate_lock()``)."""
+
+    def __init__(self) -> None: ...
+    def acquire(self, blocking: bool = True, /) -> bool: ...
+    def release(self) -> None: ...
+    def locked(self) -> bool: ...
+    def __enter__(self) -> bool: ...
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None, /
+    ) -> None: ...
+
+class ChannelState:
+    """Native state and fast paths of a memory:// channel (twin: memory.py ``_PyChannelState``)."""
+
+    _mutex: Mutex
+    available: int
+    waiters: deque[Any]
+    holders: dict[int, tuple[Any, int, float, str]]
+    _last_token: int | None
+    _prev_died: bool
+    _r_lease: Lease | None
+    _r_depth: int
+    def _grant_locked(self, permits: int, owner: Any, site: Any, mode: str, /) -> Lease: ...
+    def _try_grant(self, permits: int, owner: Any, site: Any, mode: str, fair: bool, /) -> Lease | None: ...
+    def release(self, lease: Lease, permits: int, abandoned: bool = False) -> None: ...
+
+def configure(lease_type: type[Lease], untrack_task_death: Callable[[Lease], None], /) -> None: ...
+def bind_facades(
+    lock: type[Any],
+    semaphore: type[Any],
+    tls: Any,
+    thread_owner: Callable[[], Any],
+    lease_module: ModuleType,
+    task_owner: Callable[[], Any],
+    thread_owner_type: type[Any],
+    /,
+) -> None: ...

@@ -9,6 +9,7 @@
 --        | {-1, kind, capacity, bounded} capacity mismatch
 local sid, p, md, flags = ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10]
 local ttl, info = tonumber(ARGV[11]), ARGV[12]
+clock()
 purge()
 if myrec then  -- a retry of a request that was granted: return the same grant
   local _, _, hmd, tok = parse(myrec)

@@ -4,6 +4,7 @@
 -- Reply: {1} left the queue | {2, token, died} it was granted and is kept | {3} it was granted
 --        and has been released | {0} unknown (expired, or never arrived)
 local keep = ARGV[7] == 'k'
+clock()
 purge()
 if redis.call('ZREM', Q, ID) == 1 then
   dels[#dels + 1] = 'w' .. ID

@@ -3,6 +3,7 @@
 -- KEYS: see prelude.lua
 -- ARGV[6] unused, ARGV[7..] request ids
 -- Reply: {next_check_ms, then per id: status, token, died} with status 1 granted, 0 queued, -1 gone
+clock()
 purge()
 local out = {next_check()}
 for i = 7, #ARGV do

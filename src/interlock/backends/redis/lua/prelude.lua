@@ -31,9 +31,14 @@ if not redis.REDIS_VERSION_NUM then pcall(redis.replicate_commands) end
 local M, Q, X = KEYS[1], KEYS[2], KEYS[3]
 local ID = ARGV[6]
 local NONE = 9000000000000000  -- "no expiry" (server ms), also the score of X's member '~'
-local tm = redis.call('TIME')
-local now_us = tonumber(tm[1]) * 1000000 + tonumber(tm[2])
-local now = math.floor(now_us / 1000)
+-- The server's clock (TIME), read by clock(): every script calls it first, except a release with
+-- nothing queued, which needs no time at all (it neither purges nor grants; see release.lua).
+local now_us, now
+local function clock()
+  local tm = redis.call('TIME')
+  now_us = tonumber(tm[1]) * 1000000 + tonumber(tm[2])
+  now = math.floor(now_us / 1000)
+end
 
 local meta = redis.call('HMGET', M, 'k', 'c', 'b', 'a', 't', 's', 'd', 'h' .. ID, 'e', 'i', 'q')
 local kind, cap, bounded, avail, last, seq, died
@@ -179,7 +184,10 @@ local function finish()
     put('k', kind)
     put('b', bounded)
   end
-  if refreshing then put('i', fmt(now + math.floor(tonumber(ARGV[5]) / 2))) end
+  if refreshing then
+    if not now then clock() end
+    put('i', fmt(now + math.floor(tonumber(ARGV[5]) / 2)))
+  end
   for i = 1, #sets, 1000 do
     redis.call('HSET', M, unpack(sets, i, math.min(i + 999, #sets)))
   end

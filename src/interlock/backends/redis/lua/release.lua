@@ -4,7 +4,13 @@
 -- ARGV[8] permits to return (0 = all), ARGV[9] "1" if the holder abandoned it (died)
 -- Reply: {1} done | {0} not held (expired, reclaimed or lost by the server): nothing was touched
 local op, rp = ARGV[7], tonumber(ARGV[8])
-purge()
+-- With nothing queued, a release needs neither the clock nor a purge: it grants nobody, and a record
+-- still here is still ours (had it expired and been reclaimed, a purge would have removed it; an
+-- expired holder that nobody reclaimed yet frees nothing by going later: the next acquire purges).
+if queued then
+  clock()
+  purge()
+end
 if not myrec then
   finish()
   return {0}

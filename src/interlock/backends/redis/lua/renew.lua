@@ -3,6 +3,7 @@
 -- ARGV[6] unused, ARGV[7] lease ttl ms, ARGV[8..] request ids
 -- Reply: the ids that are no longer known (expired, reclaimed, or lost by the server)
 local ttl = tonumber(ARGV[7])
+clock()
 purge()
 local missing = {}
 for i = 8, #ARGV do

@@ -6,6 +6,7 @@ local n = tonumber(ARGV[7])
 if not redis.call('SET', KEYS[4], '1', 'PX', ARGV[8], 'NX') then
   return {0}
 end
+clock()
 purge()
 cap = cap + n
 avail = avail + n

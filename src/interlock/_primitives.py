@@ -528,9 +528,18 @@ def _accelerate() -> bool:
         from . import _speedups
     except ImportError:  # pragma: no cover - not built, or a free-threaded build
         return False
+    import asyncio
+    import asyncio.tasks
+
+    # How _task_owner finds the running task, for the C twin: the asyncio C module's task table where
+    # _core.owner.fast_current_task reads it (3.10/3.11), else the C asyncio.current_task (3.12+).
+    table = getattr(asyncio.tasks, "_current_tasks", None)
+    if isinstance(asyncio.current_task, type(len)) or not isinstance(table, dict):
+        table = None
+    task_lookup = (asyncio._get_running_loop, table, asyncio.current_task)
     names = ("__enter__", "__exit__", "acquire")
     python_lock_methods = {n: Lock.__dict__[n] for n in names}
-    _speedups.bind_facades(Lock, Semaphore, _tls, thread_owner, _lease, _task_owner, ThreadOwner)
+    _speedups.bind_facades(Lock, Semaphore, _tls, thread_owner, _lease, _task_owner, ThreadOwner, task_lookup)
     for n in names:
         setattr(RLock, n, python_lock_methods[n])
     return True

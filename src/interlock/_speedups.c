@@ -242,7 +242,7 @@ typedef struct {
     char prev_died;
 } ChannelState;
 
-#define IS_NATIVE(ch) PyObject_TypeCheck((ch), &ChannelState_Type)
+#define IS_NATIVE(ch) (Py_TYPE(ch)->tp_base == &ChannelState_Type || PyObject_TypeCheck((ch), &ChannelState_Type))
 
 static PyObject *
 ChannelState_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -293,6 +293,10 @@ queue_length(ChannelState *self)
     return self->waiters == NULL ? 0 : PyObject_Length(self->waiters);
 }
 
+/* Lease attribute stores: Lease has no __setattr__ of its own (checked by configure()), so the generic
+   store is what PyObject_SetAttr would call, minus its dispatch (names are interned already). */
+#define SET(obj, name, value) PyObject_GenericSetAttr((obj), (name), (value))
+
 /* twin: memory.py _PyChannelState._grant_locked. Caller holds the mutex and checked that the permits
    fit. Every allocation comes first; the shared state changes only at the end, by stores that cannot
    fail or run Python code, so a failure (MemoryError) leaves nothing behind. */
@@ -317,16 +321,12 @@ grant_locked(ChannelState *self, Py_ssize_t permits, PyObject *permits_obj, PyOb
     if (at == NULL) {
         goto fail;
     }
-    if (PyObject_SetAttr(lease, s_channel, (PyObject *)self) < 0
-        || PyObject_SetAttr(lease, s_token, token) < 0
-        || PyObject_SetAttr(lease, s_permits, permits_obj) < 0
-        || PyObject_SetAttr(lease, s_owner, owner) < 0
-        || PyObject_SetAttr(lease, s_site, site) < 0
-        || PyObject_SetAttr(lease, s_mode, mode) < 0
-        || PyObject_SetAttr(lease, s_acquired_at, at) < 0) {
+    if (SET(lease, s_channel, (PyObject *)self) < 0 || SET(lease, s_token, token) < 0
+        || SET(lease, s_permits, permits_obj) < 0 || SET(lease, s_owner, owner) < 0
+        || SET(lease, s_site, site) < 0 || SET(lease, s_mode, mode) < 0 || SET(lease, s_acquired_at, at) < 0) {
         goto fail;
     }
-    if (self->prev_died && PyObject_SetAttr(lease, s_previous_owner_died, Py_True) < 0) {
+    if (self->prev_died && SET(lease, s_previous_owner_died, Py_True) < 0) {
         goto fail;
     }
     rec = PyTuple_Pack(4, owner, permits_obj, at, mode);
@@ -424,14 +424,15 @@ ChannelState_try_grant(ChannelState *self, PyObject *const *args, Py_ssize_t nar
 
 /* twin: memory.py _MemoryChannelBase._release_py (the pure-Python release). The C code handles a whole
    release with nobody queued; every other case (waiters to wake, a partial release) goes to the Python
-   method before anything was changed. */
+   method before anything was changed. permits_obj NULL means "the whole lease" (lease.permits, which
+   always equals the permits in its holder record), read only if the Python method is needed. */
 static PyObject *
-channel_release(ChannelState *self, PyObject *lease, PyObject *permits_obj, PyObject *abandoned_obj)
+channel_release(ChannelState *self, PyObject *lease, PyObject *permits_obj, int abandoned)
 {
-    Py_ssize_t permits, held;
-    int abandoned, handled = 0;
+    Py_ssize_t permits = PY_SSIZE_T_MAX, held;
+    int handled = 0, thread_owned = 0;
     PyObject *rec = NULL, *token, *cb;
-    if (get_permits(permits_obj, &permits) < 0 || (abandoned = PyObject_IsTrue(abandoned_obj)) < 0) {
+    if (permits_obj != NULL && get_permits(permits_obj, &permits) < 0) {
         return NULL;
     }
     token = PyObject_GetAttr(lease, s_token);
@@ -461,6 +462,8 @@ channel_release(ChannelState *self, PyObject *lease, PyObject *permits_obj, PyOb
                     self->prev_died = 1;
                 }
                 handled = 1;
+                /* only a task's grant can carry a death callback (_core.owner.track_task_death) */
+                thread_owned = ThreadOwner_type != NULL && Py_IS_TYPE(PyTuple_GET_ITEM(rec, 0), ThreadOwner_type);
             }
         }
         else {
@@ -478,8 +481,17 @@ channel_release(ChannelState *self, PyObject *lease, PyObject *permits_obj, PyOb
         return NULL;
     }
     if (!handled) {
-        PyObject *args[4] = {(PyObject *)self, lease, permits_obj, abandoned_obj};
-        return PyObject_VectorcallMethod(s_release_slow, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        PyObject *r, *p = permits_obj != NULL ? Py_NewRef(permits_obj) : PyObject_GetAttr(lease, s_permits);
+        if (p == NULL) {
+            return NULL;
+        }
+        PyObject *args[4] = {(PyObject *)self, lease, p, abandoned ? Py_True : Py_False};
+        r = PyObject_VectorcallMethod(s_release_slow, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        Py_DECREF(p);
+        return r;
+    }
+    if (thread_owned) {
+        Py_RETURN_NONE;
     }
     cb = PyObject_GetAttr(lease, s_death_cb);
     if (cb == NULL) {
@@ -494,11 +506,12 @@ channel_release(ChannelState *self, PyObject *lease, PyObject *permits_obj, PyOb
 }
 
 /* twin: _lease.Lease.release for a held Lease of a native channel (anything else calls the Python
-   method): mark it released, then return its permits. */
+   method): mark it released, then return its permits. `ch` is lease._channel if the caller knows it
+   (else NULL). */
 static PyObject *
-lease_release(PyObject *lease)
+lease_release(PyObject *lease, PyObject *ch)
 {
-    PyObject *state = PyObject_GetAttr(lease, s_state), *ch, *permits, *r;
+    PyObject *state = PyObject_GetAttr(lease, s_state), *r;
     if (state == NULL) {
         return NULL;
     }
@@ -507,20 +520,19 @@ lease_release(PyObject *lease)
     if (!held) {
         return PyObject_CallMethodNoArgs(lease, s_release);  /* lost or already released */
     }
-    if ((ch = PyObject_GetAttr(lease, s_channel)) == NULL) {
-        return NULL;
+    if (ch == NULL) {
+        if ((ch = PyObject_GetAttr(lease, s_channel)) == NULL) {
+            return NULL;
+        }
+    }
+    else {
+        Py_INCREF(ch);
     }
     if (!IS_NATIVE(ch)) {
         Py_DECREF(ch);
         return PyObject_CallMethodNoArgs(lease, s_release);
     }
-    if ((permits = PyObject_GetAttr(lease, s_permits)) == NULL || PyObject_SetAttr(lease, s_state, one) < 0) {
-        Py_XDECREF(permits);
-        Py_DECREF(ch);
-        return NULL;
-    }
-    r = channel_release((ChannelState *)ch, lease, permits, Py_False);
-    Py_DECREF(permits);
+    r = PyObject_SetAttr(lease, s_state, one) < 0 ? NULL : channel_release((ChannelState *)ch, lease, NULL, 0);
     Py_DECREF(ch);
     return r;
 }
@@ -539,7 +551,8 @@ ChannelState_release(ChannelState *self, PyObject *const *args, Py_ssize_t nargs
     if (nargs + nkw == 3) {
         abandoned = args[2];
     }
-    return channel_release(self, args[0], args[1], abandoned);
+    int ab = PyObject_IsTrue(abandoned);
+    return ab < 0 ? NULL : channel_release(self, args[0], args[1], ab);
 }
 
 static PyObject *
@@ -923,8 +936,11 @@ sem_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Clear();
         return call_with_self(py_sem_exit, self, args, nargs, NULL);
     }
+    /* list.pop(): the stack drops its reference to `top`, which we hold */
+    Py_SET_SIZE(stack, n - 1);
+    Py_DECREF(top);
+    r = lease_release(top, top_ch);
     Py_DECREF(top_ch);
-    r = PyList_SetSlice(stack, n - 1, n, NULL) < 0 ? NULL : lease_release(top);
     Py_DECREF(top);
     Py_DECREF(stack);
     if (r == NULL) {
@@ -963,10 +979,41 @@ sem_acquire(PyObject *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *
     return lease;
 }
 
+/* twin: _primitives._task_owner (with _core.owner.fast_current_task): the running task, else the
+   thread's owner. get_running_loop_fn is asyncio._get_running_loop; with current_tasks (the asyncio
+   C module's task table, 3.10/3.11) the task is one dict lookup, else current_task_fn(loop). */
+static PyObject *get_running_loop_fn = NULL, *current_tasks = NULL, *current_task_fn = NULL;
+
 static PyObject *
 task_owner(void)
 {
-    return PyObject_CallNoArgs(task_owner_fn);
+    PyObject *loop, *task;
+    if (get_running_loop_fn == NULL) {
+        return PyObject_CallNoArgs(task_owner_fn);
+    }
+    if ((loop = PyObject_CallNoArgs(get_running_loop_fn)) == NULL) {
+        return NULL;
+    }
+    if (loop == Py_None) {
+        Py_DECREF(loop);
+        return current_thread_owner();
+    }
+    if (current_tasks != NULL) {
+        task = PyDict_GetItemWithError(current_tasks, loop);  /* borrowed */
+        Py_XINCREF(task);
+    }
+    else {
+        task = PyObject_CallOneArg(current_task_fn, loop);
+    }
+    Py_DECREF(loop);
+    if (task == NULL) {
+        return PyErr_Occurred() ? NULL : current_thread_owner();
+    }
+    if (task == Py_None) {
+        Py_DECREF(task);
+        return current_thread_owner();
+    }
+    return task;
 }
 
 /* twin: _primitives.Semaphore.__aenter__ (uncontended on a native channel; else the Python coroutine) */
@@ -1067,7 +1114,7 @@ sem_aexit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(lease);
         goto done;
     }
-    r = lease_release(lease);  /* memory:// release never blocks */
+    r = lease_release(lease, NULL);  /* memory:// release never blocks */
     Py_DECREF(lease);
     if (r != NULL) {
         Py_SETREF(r, ready_new(Py_None));
@@ -1154,13 +1201,14 @@ lock_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     lease = ch->r_lease;  /* steal the channel's reference */
     ch->r_lease = NULL;
-    Py_DECREF(ch);
     if (lease == NULL || lease == Py_None) {
         Py_XDECREF(lease);
+        Py_DECREF(ch);
         Py_RETURN_NONE;
     }
-    r = lease_release(lease);
+    r = lease_release(lease, NULL);  /* (_r_lease is only ever a lease of this channel, but check) */
     Py_DECREF(lease);
+    Py_DECREF(ch);
     if (r == NULL) {
         return NULL;
     }
@@ -1219,12 +1267,23 @@ bind(PyObject *cls, PyMethodDef *defs, PyObject ***fallbacks)
 static PyObject *
 bind_facades(PyObject *module, PyObject *args)
 {
-    PyObject *lock_cls, *sem_cls, *tls_o, *thread_owner_o, *lease_mod, *task_owner_o, *owner_cls, *d;
-    if (!PyArg_ParseTuple(args, "O!O!OOOOO!:bind_facades", &PyType_Type, &lock_cls, &PyType_Type, &sem_cls,
-                          &tls_o, &thread_owner_o, &lease_mod, &task_owner_o, &PyType_Type, &owner_cls)) {
+    PyObject *lock_cls, *sem_cls, *tls_o, *thread_owner_o, *lease_mod, *task_owner_o, *owner_cls, *task_lookup, *d;
+    if (!PyArg_ParseTuple(args, "O!O!OOOOO!O:bind_facades", &PyType_Type, &lock_cls, &PyType_Type, &sem_cls,
+                          &tls_o, &thread_owner_o, &lease_mod, &task_owner_o, &PyType_Type, &owner_cls,
+                          &task_lookup)) {
         return NULL;
     }
     Py_XSETREF(ThreadOwner_type, (PyTypeObject *)Py_NewRef(owner_cls));
+    if (!PyTuple_Check(task_lookup) || PyTuple_GET_SIZE(task_lookup) != 3) {
+        PyErr_SetString(PyExc_TypeError, "task_lookup must be (get_running_loop, table or None, current_task)");
+        return NULL;
+    }
+    Py_XSETREF(get_running_loop_fn, Py_NewRef(PyTuple_GET_ITEM(task_lookup, 0)));
+    Py_CLEAR(current_tasks);
+    if (PyDict_CheckExact(PyTuple_GET_ITEM(task_lookup, 1))) {
+        current_tasks = Py_NewRef(PyTuple_GET_ITEM(task_lookup, 1));
+    }
+    Py_XSETREF(current_task_fn, Py_NewRef(PyTuple_GET_ITEM(task_lookup, 2)));
     off_ch = slot_offset(sem_cls, "_ch");
     off_fair = slot_offset(sem_cls, "_fair");
     off_cm = slot_offset(sem_cls, "_cm");
@@ -1253,6 +1312,10 @@ configure(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!O:configure", &PyType_Type, &lease_type, &untrack)) {
         return NULL;
     }
+    if (((PyTypeObject *)lease_type)->tp_setattro != PyObject_GenericSetAttr) {
+        PyErr_SetString(PyExc_TypeError, "Lease must use the generic __setattr__");
+        return NULL;
+    }
     Py_XSETREF(Lease_type, Py_NewRef(lease_type));
     Py_XSETREF(untrack_task_death, Py_NewRef(untrack));
     Py_RETURN_NONE;
@@ -1262,7 +1325,7 @@ static PyMethodDef module_methods[] = {
     {"configure", configure, METH_VARARGS,
      "configure(Lease, untrack_task_death, /)\n--\n\nSet the classes and hooks the fast paths use."},
     {"bind_facades", bind_facades, METH_VARARGS,
-     "bind_facades(Lock, Semaphore, tls, thread_owner, lease_module, task_owner, ThreadOwner, /)\n--\n\n"
+     "bind_facades(Lock, Semaphore, tls, thread_owner, lease_module, task_owner, ThreadOwner, task_lookup, /)\n--\n\n"
      "Install the C fast paths as methods of the facade classes (the Python ones stay as fallbacks)."},
     {NULL, NULL, 0, NULL},
 };

@@ -47,5 +47,6 @@ def bind_facades(
     lease_module: ModuleType,
     task_owner: Callable[[], Any],
     thread_owner_type: type[Any],
+    task_lookup: tuple[Callable[[], Any], dict[Any, Any] | None, Callable[[Any], Any]],
     /,
 ) -> None: ...

@@ -224,7 +224,9 @@ def test_ready_awaitables_of_async_with() -> None:
 @needs_build
 def test_setup_builds_the_extension(tmp_path: Path) -> None:
     """The build configuration (setup.py, used by ``pip install .`` and ``pip install -e .``) compiles
-    the accelerator here, warning-free, and the result imports and reports the same API."""
+    the accelerator here, warning-free. (pip builds it in an isolated environment that brings its own
+    setuptools; this test needs setuptools installed.)"""
+    pytest.importorskip("setuptools")
     lib, tmp = tmp_path / "lib", tmp_path / "tmp"
     proc = subprocess.run(
         [sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(lib), "--build-temp", str(tmp),

@@ -47,14 +47,14 @@ def test_grant_and_release_without_waiters(sem: StateFile) -> None:
     assert sem.grant_fast_locked(2, True, 7, PERM, LABEL, 1.0) is None
     invariant(sem)
     sent: list[object] = []
-    assert sem.release_locked(token, 7, None, False, 2.0, send=sent.append) == (True, [])
+    assert sem.release_locked(token, 7, None, False, 2.0, deliver=lambda *a: sent.append(a)) == (True, [])
     assert sent == []
     assert sem.release_locked(token, 7, None, False, 2.0) == (False, []), "idempotent"
     invariant(sem)
     assert snap(sem).available == 4  # type: ignore[attr-defined]
 
 
-def test_a_release_hands_off_to_the_head_and_delivers_before_committing(sem: StateFile) -> None:
+def test_a_release_hands_off_to_the_head_and_delivers_after_committing(sem: StateFile) -> None:
     t1 = sem.grant_fast_locked(4, True, 7, PERM, LABEL, 1.0)[0]  # type: ignore[index]
     tk_a, _ = sem.enqueue_locked(2, 8, 101, 1, PERM, LABEL, 1.0)
     tk_b, _ = sem.enqueue_locked(3, 9, 102, 2, PERM, LABEL, 1.0)
@@ -62,16 +62,18 @@ def test_a_release_hands_off_to_the_head_and_delivers_before_committing(sem: Sta
     invariant(sem)
     seen: list[tuple[object, object]] = []
 
-    def send(wakes: list[tuple[int, int, bytes]]) -> None:
-        # called before the commit: the state still shows the releaser as the holder
-        seen.append((wakes, [h.key for h in snap_unlocked(sem).holders]))
+    def deliver(proc: int, n: int, payload: bytes) -> None:
+        # called after the commit: the state already shows the grantee as the holder (a releaser killed
+        # between commit and delivery leaves a grant the waiter finds by looking, never a grant the
+        # state does not know)
+        seen.append(((proc, n, payload), [h.key for h in snap_unlocked(sem).holders]))
 
-    found, rest = sem.release_locked(t1, 7, None, False, 2.0, send=send)
+    found, rest = sem.release_locked(t1, 7, None, False, 2.0, deliver=deliver)
     assert found and rest == []
-    ((wakes, holders_then),) = seen
-    assert holders_then == [t1]
-    assert [(p, n) for p, n, _ in wakes] == [(8, 1)], "only the head fits (2 of 4); b (3) waits, c waits behind b"
-    wid, token, permits, _mode = GRANT.unpack(wakes[0][2])
+    ((wake, holders_then),) = seen
+    assert holders_then == [t1 + 1]
+    assert wake[:2] == (8, 1), "only the head fits (2 of 4); b (3) waits, c waits behind b"
+    wid, token, permits, _mode = GRANT.unpack(wake[2])
     assert (wid, token, permits) == (101, t1 + 1, 2)
     s = snap(sem)
     assert [(h.proc, h.key) for h in s.holders] == [(8, t1 + 1)]  # type: ignore[attr-defined]
@@ -144,7 +146,7 @@ def test_random_operations_keep_the_invariants(sem: StateFile, seed: int) -> Non
                 queued.append(tk)
         elif op < 0.9 and held:
             tok, proc = held.pop(rng.randrange(len(held)))
-            found, _wakes = sem.release_locked(tok, proc, None, False, step, send=lambda w: None)
+            found, _wakes = sem.release_locked(tok, proc, None, False, step, deliver=lambda *a: None)
             assert found
         elif queued:
             sem.withdraw_locked(queued.pop(rng.randrange(len(queued))), step)

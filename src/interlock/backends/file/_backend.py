@@ -207,11 +207,18 @@ class FileBackend(Backend):
 
     def take_slot(self) -> SemSlot | WakeSocket:
         """A wake-up slot for one waiting thread: a futex (named semaphore) where available, else a
-        socket. Pooled: their number is the number of threads that wait at the same time."""
+        socket. Pooled: their number is the number of threads that wait at the same time.
+
+        Called before the wait is queued (nobody can post to it for this wait yet), so stale posts of
+        earlier waits are drained here rather than after a wake-up, where time counts."""
         try:
-            return self._pool.pop()
+            ws = self._pool.pop()
         except IndexError:
             pass
+        else:
+            if type(ws) is SemSlot:
+                ws.drain()  # a stale datagram on a socket only costs the next waiter one look
+            return ws
         proc = self._proc
         if proc is None:
             self.proc_id()
@@ -224,8 +231,6 @@ class FileBackend(Backend):
         return self.new_socket()
 
     def give_slot(self, ws: SemSlot | WakeSocket) -> None:
-        if isinstance(ws, SemSlot):
-            ws.drain()  # cheap; a stale datagram on a socket only costs a later waiter one look
         self._pool.append(ws)
 
     def drop_socket(self, ws: WakeSocket) -> None:

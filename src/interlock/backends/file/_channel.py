@@ -23,6 +23,7 @@ import _thread
 import asyncio
 import fcntl
 import itertools
+import struct
 import time
 import weakref
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from ..._errors import AcquireTimeout, BlockingCallInEventLoop, InvalidArgument,
 from ..._lease import Lease
 from ..._spi import Channel, Statistics
 from ._paths import encode_name
+from ._proc import SemSlot
 from ._state import GRANT, MODES, PREV_DIED, REFRESH, StateFile, Wake, encode_label
 
 _flock = fcntl.flock
@@ -49,6 +51,8 @@ _ref = weakref.ref
 _wids = itertools.count(1)  # waiter ids, unique within this process (the process id tells processes apart)
 _GRANT_SIZE = GRANT.size
 _GRANT_UNPACK = GRANT.unpack
+_ID_UNPACK_FROM = struct.Struct("<Q").unpack_from  # a mailbox grant: waiter id, then (token, permits, mode)
+_BODY_UNPACK_FROM = struct.Struct("<QqB").unpack_from
 
 _labels: dict[str, bytes] = {}
 
@@ -97,9 +101,10 @@ class Wait:
 class FileChannel(Channel):
     """See the module docstring. Invariants (under ``_mutex``):
 
-    * ``_local`` maps token -> (owner, permits, mode, acquired_at) for every grant of
-      this process that a Lease was handed out for and that was not released; the state file has a
-      holder record for each of them with this process's id.
+    * ``_local`` maps token -> (owner, permits, mode, acquired_at) for every grant of this process
+      that a Lease was handed out for and that was not released; the state file has a holder record
+      for each of them with this process's id (a grant is committed to the state before it is
+      delivered to a waiter, so a waiter never holds a grant the state does not show).
     * ``_sf`` is None only after a fork (reopened on next use); ``_proc`` is 0 only then too.
     """
 
@@ -117,7 +122,7 @@ class FileChannel(Channel):
         self._proc = 0
         # The queued waits of this process (wid -> Wait), to poke them when a peer dies.
         self._waits: dict[int, Wait] = {}
-        self._sender = self._send  # bound once: the release path passes it on every call
+        self._deliver = backend.waker.wake  # bound once: the release path passes it on every call
         self._label_cache: tuple[Any, bytes] = (None, b"")
         self._watched: set[int] = set()  # peers registered with the death watcher for this channel
         self._sf = self._open_file()
@@ -448,12 +453,61 @@ class FileChannel(Channel):
             raise
         try:
             deadline = None if timeout is None else _monotonic() + timeout
-            self._watch(w.peers)
+            if not w.peers <= self._watched:
+                self._watch(w.peers)
+            wid = w.wid
+            if type(ws) is SemSlot:
+                # The futex path, inlined: the woken thread reads its grant straight from its mailbox
+                # slot (no slice, no extra call): this runs right after a sleep, from cold caches.
+                sem_acquire = ws.sem.acquire
+                mbox = ws.mbox
+                off = ws.off
+                while True:
+                    if deadline is None:
+                        got = sem_acquire()  # sleeps in the kernel (futex) until posted
+                    else:
+                        left = deadline - _monotonic()
+                        got = sem_acquire(True, left) if left > 0 else False
+                    if got:
+                        # The waiter id first: it is written last (Waker.wake), so if it is ours the
+                        # grant behind it is complete even if a stale post woke us during the write.
+                        if _ID_UNPACK_FROM(mbox, off)[0] == wid:
+                            token, permits, mode = _BODY_UNPACK_FROM(mbox, off + 8)
+                            # The mailbox holds this wait's grant (its unique id): no second look at
+                            # the state, no lock. Only this process can release it from here on.
+                            w.done = True
+                            granted = _new_lease(Lease)
+                            granted._channel = self
+                            granted.token = token
+                            granted.permits = permits
+                            granted.owner = owner
+                            granted._site = w.site
+                            granted.mode = w.mode
+                            granted.acquired_at = at = _monotonic()
+                            if mode & PREV_DIED:
+                                granted.previous_owner_died = True
+                            self._local[token] = (owner, permits, w.mode, at)
+                            return granted
+                    elif _monotonic() < deadline:  # type: ignore[operator]
+                        continue
+                    else:
+                        lease = self._cancel(w)
+                        if lease is None:
+                            raise AcquireTimeout(
+                                f"timed out after {timeout}s waiting for {w.permits} permit(s) of "
+                                f"{self.describe()}", name=self.name, permits=w.permits, timeout=timeout,
+                            )
+                        return lease
+                    # A refresh, or a stale post of an earlier wait on this slot: look at the state.
+                    lease = self._take_grant(w)
+                    if lease is not None:
+                        return lease
+                    self.rewatch()
             wait = ws.wait
             while True:
                 data: bytes | None
                 if deadline is None:
-                    data = wait(None)  # sleeps in the kernel: a futex (or a socket) of this thread
+                    data = wait(None)  # sleeps in the kernel on a socket of this thread
                 else:
                     left = deadline - _monotonic()
                     data = wait(left) if left > 0 else None
@@ -667,10 +721,11 @@ class FileChannel(Channel):
             fd = sf.fd
             _flock(fd, _LOCK_EX)
             try:
+                # A handoff commits the grants, then delivers them through _deliver before returning
+                # (still under the file lock, see _send); other paths return the wakes to send.
                 wakes = sf.release_locked(token, self._proc, permits, abandoned, None, False, True,
-                                          self._sender)[1]
+                                          self._deliver)[1]
                 if wakes:
-                    # Deliver before unlocking (see _send): the grantees need no lock to take them.
                     self._send(wakes)
             finally:
                 _flock(fd, _LOCK_UN)

@@ -66,6 +66,7 @@ _TOP_UNPACK = _TOP.unpack_from
 _SLOT_UNPACK = _SLOT.unpack_from
 _SLOT_PACK = _SLOT.pack_into
 _REC_PACK = _REC.pack_into
+_REC_UNPACK = _REC.unpack_from
 _Q_UNPACK = _Q.unpack_from
 _KPWP_UNPACK = _KPWP.unpack_from
 SLOT_HDR = _SLOT.size
@@ -441,13 +442,13 @@ class StateFile:
 
     def release_locked(self, token: int, proc: int, permits: int | None, abandoned: bool, now: float | None,
                        forget: bool = False, bounded: bool = True,
-                       send: Callable[[list[Wake]], None] | None = None) -> tuple[bool, list[Wake]]:
+                       deliver: Callable[[int, int, bytes], None] | None = None) -> tuple[bool, list[Wake]]:
         """Return ``permits`` (all if None) of grant ``token`` and grant waiters that now fit.
 
         ``forget`` drops the grant without returning its permits (an unbounded semaphore's capacity
         shrinks instead). ``now`` (monotonic) stamps new grants; None reads the clock only if needed.
-        Returns (found, wakes still to send: the handoff path may have delivered them already through
-        ``send``)."""
+        Returns (found, wakes still to send: the handoff path delivers each grant through ``deliver``
+        (process, wake slot, grant) as soon as it is decided, and returns none)."""
         m = self.m
         sel, o0, s0, o1, s1 = _TOP_UNPACK(m, 8)
         if o0 + s0 > self.mlen or o1 + s1 > self.mlen:
@@ -490,54 +491,62 @@ class StateFile:
         if now is None:
             now = time.monotonic()
         if nw and not forget and (permits is None or permits >= rpermits):
-            # A full release handed to the head of the queue (the handoff path). The grants are decided
-            # first and delivered through ``send`` BEFORE the new state is written, so the commit runs
-            # while the grantee wakes up. That is safe because the grant is deterministic and nobody can
-            # see the state before the commit (this process holds the file lock): if this process dies
-            # between delivery and commit, the reclaim of its holder record grants the same head
-            # waiter(s) the same tokens (last + 1, ...), which is exactly what they were told.
+            # A full release handed to the head of the queue (the handoff path): decide the grants,
+            # commit the new state, then deliver each grant through ``deliver`` (the grantee's
+            # mailbox and futex, or its datagram) while still holding the file lock. Committing first
+            # means a delivered grant is always in the state: a releaser killed between commit and
+            # delivery leaves a grant its waiter has not been told of, and the waiter's watcher (which
+            # watches this process, a holder ahead of it) reclaims nothing but wakes the waiter to look
+            # at the state, where it finds its grant. (Delivering first would open a window where a
+            # waiter uses a grant the state never recorded.)
             avail += rpermits
             w0 = src + lh
             grants: list[tuple[Any, ...]] = []
-            wakes: list[Wake] = []
+            wprev = PREV_DIED if flags & F_PREV_DIED else 0
             k = 0
-            while k < nw:
-                rec = _REC.unpack_from(m, w0 + k * REC)
-                if rec[3] > avail:
+            while avail > 0 and k < nw:  # (every waiter asks for >= 1 permit)
+                rec = _REC_UNPACK(m, w0 + k * REC)
+                wperm = rec[3]
+                if wperm > avail:
                     break
-                avail -= rec[3]
+                avail -= wperm
                 last += 1
-                wmode = rec[6]
-                if flags & F_PREV_DIED:
-                    wmode |= PREV_DIED
-                    flags &= ~F_PREV_DIED
-                grants.append((last, rec[1], rec[2], rec[3], now, 0, wmode, rec[7]))
-                wakes.append((rec[1], rec[5], _GRANT_PACK(rec[2], last, rec[3], wmode)))
+                grants.append((last, rec[1], rec[2], wperm, now, 0, rec[6] | wprev, rec[7], rec[5]))
+                wprev = 0
                 k += 1
+            if k:
+                flags &= ~F_PREV_DIED
+            need = SLOT_HDR + lh - REC + nw * REC
+            if dsize < need:
+                dst = self._target(sel, need)
+                m = self.m
+            d = dst + SLOT_HDR
+            if i:
+                m[d:d + i * REC] = m[src:at]
+            rest = src + lh - at - REC
+            if rest:
+                m[d + i * REC:d + i * REC + rest] = m[at + REC:src + lh]
+            pos = d + lh - REC
+            for g in grants:
+                _REC_PACK(m, pos, *g[:8])
+                pos += REC
+            if k < nw:
+                m[pos:pos + (nw - k) * REC] = m[w0 + k * REC:w0 + nw * REC]
+            _SLOT_PACK(m, dst, cap, avail, last, ticket, nh - 1 + k, nw - k, flags, epoch)
+            m[8] = sel ^ 1  # the commit point: from here on the grants exist
+            if deliver is None:
+                return True, [(g[1], g[8], _GRANT_PACK(g[2], g[0], g[3], g[6])) for g in grants]
+            done = 0
             try:
-                if send is not None and wakes:
-                    send(wakes)
-                    wakes = _NO_WAKES
-            finally:  # commit even if interrupted while delivering (then the grantees find it by looking)
-                need = SLOT_HDR + lh - REC + nw * REC
-                if dsize < need:
-                    dst = self._target(sel, need)
-                    m = self.m
-                d = dst + SLOT_HDR
-                if i:
-                    m[d:d + i * REC] = m[src:at]
-                rest = src + lh - at - REC
-                if rest:
-                    m[d + i * REC:d + i * REC + rest] = m[at + REC:src + lh]
-                pos = d + lh - REC
                 for g in grants:
-                    _REC.pack_into(m, pos, *g)
-                    pos += REC
-                if k < nw:
-                    m[pos:pos + (nw - k) * REC] = m[w0 + k * REC:w0 + nw * REC]
-                _SLOT.pack_into(m, dst, cap, avail, last, ticket, nh - 1 + k, nw - k, flags, epoch)
-                m[8] = sel ^ 1
-            return True, wakes
+                    deliver(g[1], g[8], _GRANT_PACK(g[2], g[0], g[3], g[6]))
+                    done += 1
+            finally:
+                # Interrupted (a signal handler raised) while delivering: deliver the rest, and the one
+                # under way again (a second wake-up of a waiter is harmless; a missing one strands it).
+                for g in grants[done:]:
+                    deliver(g[1], g[8], _GRANT_PACK(g[2], g[0], g[3], g[6]))
+            return True, _NO_WAKES
         r = Record(m, at)
         give = rpermits if permits is None or permits >= rpermits else permits
         if give < rpermits:  # partial release: keep the rest
@@ -550,7 +559,7 @@ class StateFile:
         else:
             avail += give
         waiters = m[src + lh:src + lh + nw * REC]
-        wakes = []
+        wakes: list[Wake] = []
         if nw:
             avail, last, flags, new, waiters, wakes = self._grant_loop(avail, last, flags, waiters, now)
             holders += new

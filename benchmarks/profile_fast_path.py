@@ -8,6 +8,10 @@ clock reading, the holder record, the owner and acquire-site lookups, and the Py
 them), then compares their sum with the measured interlock pair and with threading.Semaphore and
 asyncio.Semaphore. It is the evidence for the targets that pure Python cannot reach: the ingredients
 alone cost more than half of a threading.Semaphore pair.
+
+Then it measures the same pairs through the native accelerator (``interlock._speedups``, when built)
+and through its pure-Python twin (``memory://...?native=0``), and what the C path still pays for: the
+objects a grant creates and the finalizer of its Lease, the clock, the ``with`` protocol.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from typing import Any
 
 import interlock
 from interlock._core.owner import thread_owner
+from interlock._lease import Lease
+from interlock.backends.memory import accelerated
 
 NUMBER, REPEAT = 200_000, 7
 
@@ -71,11 +77,42 @@ def main() -> None:
     total = sum(parts.values())
 
     sem = interlock.Semaphore("profile", 2, url="memory://profile")
+    pure = interlock.Semaphore("profile", 2, url="memory://profile?native=0")
+    lock = interlock.Lock("profile-lock", url="memory://profile")
+    pure_lock = interlock.Lock("profile-lock", url="memory://profile?native=0")
     measured = {
         "interlock.Semaphore lease pair (measured)": ns("s.acquire().release()", {"s": sem}),
         "threading.Semaphore acquire/release": ns("s.acquire(); s.release()", {"s": threading.Semaphore(2)}),
         "threading.Lock acquire/release": ns("a(); r()", {"a": m.acquire, "r": m.release}),
     }
+    native = {
+        "Semaphore `with` pair, native": ns("with s: pass", {"s": sem}),
+        "Semaphore `with` pair, pure Python (?native=0)": ns("with s: pass", {"s": pure}),
+        "Semaphore lease pair, native": measured["interlock.Semaphore lease pair (measured)"],
+        "Semaphore lease pair, pure Python (?native=0)": ns("s.acquire().release()", {"s": pure}),
+        "Lock `with` pair, native": ns("with s: pass", {"s": lock}),
+        "Lock `with` pair, pure Python (?native=0)": ns("with s: pass", {"s": pure_lock}),
+        "threading.Semaphore `with`": ns("with s: pass", {"s": threading.Semaphore(2)}),
+        "threading.Lock `with`": ns("with s: pass", {"s": threading.Lock()}),
+    }
+    # What the C path still pays per pair, measured from Python (each includes a little interpreter
+    # overhead): the Lease (an instance of a Python class with a Python finalizer: allocation, inline
+    # values, 7 attribute stores, the finalizer call, deallocation), the clock, the holder record and the
+    # token (two more objects), and the `with` protocol around two C methods with a C mutex pair.
+    floor = {
+        "Lease: Lease.__new__, 7 stores, finalizer, dealloc": ns(
+            "o = N(C); o._channel = 1; o.token = 2; o.permits = 3; o.owner = 4; o._site = 5; o.mode = 6; "
+            "o.acquired_at = 7; o._state = 1; del o", {"N": Lease.__new__, "C": Lease}),
+        "hold-start clock (time.monotonic)": parts["hold-start clock (time.monotonic)"],
+        "holder record + token objects (tuple, dict, int)": ns(
+            "h[t] = (o, 1, 2.0, 'p'); h.pop(t)", {"h": holders, "o": m, "t": 1 << 40}),
+    }
+    try:
+        from interlock._speedups import Mutex
+
+        floor["`with` protocol + C mutex pair"] = ns("with x: pass", {"x": Mutex()})
+    except ImportError:  # pragma: no cover - not built
+        pass
 
     async def aio(n: int) -> float:
         s = asyncio.Semaphore(2)
@@ -100,6 +137,22 @@ def main() -> None:
     print(f"  floor / asyncio.Semaphore   = {total / measured['asyncio.Semaphore acquire/release']:.2f}x")
     print(f"  floor / threading.Lock      = {total / measured['threading.Lock acquire/release']:.2f}x")
 
+    print(f"\n# The same pairs with the native accelerator ({'built, in use' if accelerated() else 'NOT BUILT'})"
+          " and without it")
+    for k, v in native.items():
+        print(f"  {k:58s} {v:7.0f}")
+    tsw, tlw = native["threading.Semaphore `with`"], native["threading.Lock `with`"]
+    print(f"\n  Semaphore `with`: native {native['Semaphore `with` pair, native'] / tsw:.2f}x, pure "
+          f"{native['Semaphore `with` pair, pure Python (?native=0)'] / tsw:.2f}x threading.Semaphore (target 0.5x)")
+    print(f"  Lock `with`:      native {native['Lock `with` pair, native'] / tlw:.2f}x, pure "
+          f"{native['Lock `with` pair, pure Python (?native=0)'] / tlw:.2f}x threading.Lock (target 4x)")
+    print("\n# What the native pair still pays for (measured from Python, so slightly over)")
+    for k, v in floor.items():
+        print(f"  {k:58s} {v:7.0f}")
+    ftotal = sum(floor.values())
+    print(f"  {'sum':58s} {ftotal:7.0f}")
+    print(f"  = {ftotal / tsw:.2f}x threading.Semaphore `with`, "
+          f"{ftotal / measured['asyncio.Semaphore acquire/release']:.2f}x an asyncio.Semaphore pair")
 
 if __name__ == "__main__":
     main()

@@ -30,6 +30,7 @@ class Hold:
         self.script, self.when = script, when
         self.reached = threading.Event()
         self.go = threading.Event()
+        self.finished = threading.Event()  # the held call has run on the server (the test waits for it)
         self.armed = True
         self._orig = self.t.call
 
@@ -41,7 +42,11 @@ class Hold:
                 if self.when == "before":
                     self.reached.set()
                     assert self.go.wait(LIVE)
-            reply = self._orig(script, target, args)
+            try:
+                reply = self._orig(script, target, args)
+            finally:
+                if hit:
+                    self.finished.set()
             if hit and self.when == "after":
                 self.reached.set()
                 assert self.go.wait(LIVE)
@@ -94,6 +99,8 @@ def test_cancel_at_a_round_trip(redis_server: RedisServer, prefix: str, step: st
             with pytest.raises(asyncio.CancelledError):
                 await task
             hold.go.set()
+            # "Beyond one round trip" counts from the moment the cancelled request has run.
+            assert await asyncio.to_thread(hold.finished.wait, LIVE)
         if step == "extend":
             assert lease is not None and lease.held  # an interrupted extend changes nothing
             await lease.release_async()
@@ -119,7 +126,9 @@ def test_cancel_while_the_request_is_queued_for_a_connection(redis_server: Redis
     async def main() -> None:
         lease = None if step == "acquire" else await lock.acquire_async()
         blocker = await busy.acquire_async()
-        with Hold(backend, S.RENEW, "before") as hold:
+        queued = Hold(backend, S.ACQUIRE if lease is None else S.RELEASE, "after")
+        queued.go.set()  # not held: only tells when the queued request has run
+        with queued, Hold(backend, S.RENEW, "before") as hold:
             occupy = asyncio.ensure_future(blocker.extend_async())  # holds the only connection
             while not hold.reached.is_set():
                 await asyncio.sleep(0.001)
@@ -131,6 +140,7 @@ def test_cancel_while_the_request_is_queued_for_a_connection(redis_server: Redis
                 await task
             hold.go.set()
             await occupy
+            assert await asyncio.to_thread(queued.finished.wait, LIVE), "the cancelled request never ran"
         await blocker.release_async()
 
     asyncio.run(main())

@@ -93,6 +93,73 @@ def test_dead_waiter_granted_with_nobody_behind_is_reclaimed_by_the_next_acquire
     again.release()
 
 
+def test_releaser_killed_between_commit_and_wake_up_still_hands_over(url: str, children: list[Child]) -> None:
+    """A release commits the grant to the state before it wakes the grantee. A releaser SIGKILLed in
+    between (here: at the moment it would post the wake-up) leaves a grant nobody told its waiter of;
+    the waiter's death watch wakes it to look at the state, where the grant is."""
+    releaser = Child(url, """
+        import signal
+        from interlock.backends.file import FileBackend
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        lease = interlock.Lock("mid", url=URL).acquire()
+        backend = interlock.connect(URL)
+        assert isinstance(backend, FileBackend)
+        for ch in list(backend._channels.values()):  # the release path's bound wake-up: die instead
+            ch._deliver = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
+        say("held", lease.token)
+        signal.sigwait({signal.SIGUSR1})
+        lease.release()
+        say("not reached")
+    """)
+    children.append(releaser)
+    token = int(releaser.expect("held").split()[1])
+    lock = interlock.Lock("mid", url=url)
+    got: list[interlock.Lease] = []
+    t = threading.Thread(target=lambda: got.append(lock.acquire()))
+    t.start()
+    wait_until(lambda: len(lock.statistics().waiters) == 1, what="waiter queued")
+    os.kill(releaser.pid, signal.SIGUSR1)  # release now
+    t.join(LONG)
+    assert not t.is_alive(), "the committed grant never reached its waiter"
+    assert releaser.proc.wait(LONG) == -signal.SIGKILL, "the releaser died where the wake-up was due"
+    (lease,) = got
+    assert lease.token == token + 1
+    assert not lease.previous_owner_died, "the releaser had released: nothing half-done"
+    lease.release()
+    assert lock.statistics().available == 1
+
+
+def test_waiter_killed_after_its_grant_was_delivered_returns_it(url: str, children: list[Child]) -> None:
+    """The grant is written into a stopped waiter's mailbox and its wake-up posted; the waiter is then
+    SIGKILLed before it ever runs: it is a dead holder, and its permit goes to the next waiter."""
+    lock = interlock.Lock("dw", url=url)
+    lease = lock.acquire()
+    w1 = Child(url, """
+        say("waiting"); interlock.Lock("dw", url=URL).acquire(); say("w1 granted"); time.sleep(600)
+    """)
+    children.append(w1)
+    w1.expect("waiting")
+    wait_until(lambda: len(lock.statistics().waiters) == 1, what="w1 queued")
+    os.kill(w1.pid, signal.SIGSTOP)
+    got: list[interlock.Lease] = []
+    t = threading.Thread(target=lambda: got.append(lock.acquire()))
+    try:
+        lease.release()  # commits the grant to w1 and posts its wake-up; w1 cannot run
+        s = lock.statistics()
+        assert [h.pid for h in s.holders] == [w1.pid] and not s.waiters
+        # Queue behind w1 (a second thread of this process: the owner of `lease` released it).
+        t.start()
+        wait_until(lambda: len(lock.statistics().waiters) == 1, what="second waiter queued")
+    finally:
+        os.kill(w1.pid, signal.SIGKILL)
+        os.kill(w1.pid, signal.SIGCONT)
+    t.join(LONG)
+    assert not t.is_alive(), "the dead grantee's permit never came back"
+    (again,) = got
+    assert again.previous_owner_died and again.token == lease.token + 2
+    again.release()
+
+
 def test_try_acquire_reclaims_a_dead_holder(url: str, children: list[Child]) -> None:
     holder = _holder(url, "t", 1, 1)
     children.append(holder)

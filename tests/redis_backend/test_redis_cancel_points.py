@@ -72,6 +72,23 @@ def _idle_soon(lock: interlock.Lock) -> None:
             time.sleep(0.01)
 
 
+def _nothing_left(other: interlock.Lock) -> None:
+    _idle_soon(other)
+    stats = other.statistics()
+    assert not stats.holders and not stats.waiters
+
+
+async def _reached(hold: Hold) -> None:
+    while not hold.reached.is_set():
+        await asyncio.sleep(0.001)
+
+
+async def _cancel(task: asyncio.Future[Any]) -> None:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 @pytest.mark.parametrize("when", ["before", "after"])
 @pytest.mark.parametrize("step", ["acquire", "extend", "release"])
 def test_cancel_at_a_round_trip(redis_server: RedisServer, prefix: str, step: str, when: str) -> None:
@@ -93,11 +110,8 @@ def test_cancel_at_a_round_trip(redis_server: RedisServer, prefix: str, step: st
                 assert lease is not None
                 coro = lease.release_async()
             task = asyncio.ensure_future(coro)
-            while not hold.reached.is_set():
-                await asyncio.sleep(0.001)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+            await _reached(hold)
+            await _cancel(task)
             hold.go.set()
             # "Beyond one round trip" counts from the moment the cancelled request has run.
             assert await asyncio.to_thread(hold.finished.wait, LIVE)
@@ -106,9 +120,7 @@ def test_cancel_at_a_round_trip(redis_server: RedisServer, prefix: str, step: st
             await lease.release_async()
 
     asyncio.run(main())
-    _idle_soon(other)
-    stats = other.statistics()
-    assert not stats.holders and not stats.waiters
+    _nothing_left(other)
 
 
 @pytest.mark.parametrize("step", ["acquire", "release"])
@@ -130,23 +142,18 @@ def test_cancel_while_the_request_is_queued_for_a_connection(redis_server: Redis
         queued.go.set()  # not held: only tells when the queued request has run
         with queued, Hold(backend, S.RENEW, "before") as hold:
             occupy = asyncio.ensure_future(blocker.extend_async())  # holds the only connection
-            while not hold.reached.is_set():
-                await asyncio.sleep(0.001)
+            await _reached(hold)
             task = asyncio.ensure_future(lock.acquire_async() if lease is None else lease.release_async())
             await asyncio.sleep(0.05)  # it is queued behind the busy connection (nothing else can run)
             assert not task.done()
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+            await _cancel(task)
             hold.go.set()
             await occupy
             assert await asyncio.to_thread(queued.finished.wait, LIVE), "the cancelled request never ran"
         await blocker.release_async()
 
     asyncio.run(main())
-    _idle_soon(other)
-    stats = other.statistics()
-    assert not stats.holders and not stats.waiters
+    _nothing_left(other)
 
 
 @pytest.mark.parametrize("when", ["before", "after"])

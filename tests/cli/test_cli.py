@@ -225,6 +225,12 @@ def test_waiting_on_a_terminal_shows_the_place_in_line_and_the_holder(env: dict[
     first = start(env, "run", "line", "--", "true")
     wait_for(lambda: len(status(env, "line")["waiters"]) == 1, "first waiter queued")  # type: ignore[index, arg-type]
     master, slave = pty.openpty()
+    import fcntl
+    import struct
+    import termios
+
+    # A wide terminal: the line is cut to the terminal's width, and the holder's command comes last.
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 1000, 0, 0))
     w = subprocess.Popen([sys.executable, "-m", "interlock", "run", "line", "--", "true"], env=env,
                          stdout=subprocess.DEVNULL, stderr=slave)
     os.close(slave)

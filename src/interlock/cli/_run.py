@@ -105,9 +105,11 @@ class _Supervisor:
             return
         width = 200
         try:
-            width = os.get_terminal_size(sys.stderr.fileno()).columns - 1
+            columns = os.get_terminal_size(sys.stderr.fileno()).columns
         except OSError:
-            pass
+            columns = 0
+        if columns > 1:  # 0: a terminal that does not know its size (keep the default)
+            width = columns - 1
         sys.stderr.write("\r\x1b[K" + line[:width])
         sys.stderr.flush()
         self.shown = True

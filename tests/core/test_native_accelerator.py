@@ -94,6 +94,8 @@ def _run_ops(url: str, seed: int) -> list[Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         for _ in range(300):
+            # No Lease may survive in a local from the previous step: "drop" must really drop it.
+            lease = got = None
             op = rng.randrange(7)
             if op == 0:
                 lease = sem.try_acquire(rng.randint(1, 3))
@@ -135,7 +137,8 @@ def _run_ops(url: str, seed: int) -> list[Any]:
         for lease in held:
             lease.release()
     s = sem.statistics()
-    trace.append(("end", s.available, s.holders))
+    # (tokens and hold times differ between runs: compare what the twins must agree on)
+    trace.append(("end", s.available, sorted((h.permits, h.mode) for h in s.holders)))
     return trace
 
 
@@ -144,7 +147,7 @@ def test_twins_produce_the_same_states(seed: int) -> None:
     native = _run_ops(f"memory://twin-{tag}", seed)
     pure = _run_ops(f"memory://twin-{tag}?native=0", seed)
     assert native == pure
-    assert native[-1] == ("end", 4, ())
+    assert native[-1] == ("end", 4, [])
 
 
 def test_tokens_strictly_increase_across_both_paths() -> None:

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 
 LONG = 20.0  # generous liveness bound for noisy 2-core machines; never a performance oracle
 
@@ -90,14 +89,7 @@ class Child:
         self._sel.close()
 
 
-def wait_until(pred: Callable[[], bool], timeout: float = LONG, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    delay = 0.001
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
+
 
 
 def cpu_seconds(pid: int) -> float:

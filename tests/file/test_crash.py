@@ -12,7 +12,8 @@ import time
 import pytest
 
 import interlock
-from file.helpers import LONG, Child, wait_until
+from contract.helpers import wait_until
+from file.helpers import LONG, Child
 from interlock.backends.file import FileBackend
 from interlock.backends.file._state import MODES, encode_label
 

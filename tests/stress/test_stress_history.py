@@ -46,6 +46,16 @@ def _assert_clean(errors: list[str], what: str) -> None:
     assert not errors, f"{what}: {len(errors)} violation(s), first: " + "; ".join(errors[:3])
 
 
+def _run_all(threads: list[threading.Thread], errors: list[BaseException]) -> None:
+    """Start the workers, wait for every one (a generous liveness bound), and report their errors."""
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a worker never finished"
+    assert not errors, errors[:1]
+
+
 # --------------------------------------------------------------------------------------------------
 # threads
 
@@ -106,12 +116,7 @@ def test_threads_weighted_semaphore(seed: int) -> None:
 
     rng = random.Random(seed)
     threads = [threading.Thread(target=worker, args=(c, rng.randrange(1 << 30)), name=c) for c in patient + hasty]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads), "a worker never finished"
-    assert not errors, errors[:1]
+    _run_all(threads, errors)
     events = rec.events()
     _assert_clean(check(events, capacity=n), "capacity/tokens")
     _assert_clean(check_liveness(events, clients=patient), "liveness")
@@ -178,12 +183,7 @@ def test_threads_rwlock_with_downgrades(seed: int) -> None:
 
     rng = random.Random(seed)
     threads = [threading.Thread(target=worker, args=(f"c{i}", rng.randrange(1 << 30))) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads), "a worker never finished"
-    assert not errors, errors[:1]
+    _run_all(threads, errors)
     events = rec.events()
     _assert_clean(check_rw(events), "rw exclusion/tokens")
     _assert_clean(check_liveness(events), "liveness")
@@ -238,12 +238,7 @@ def test_threads_and_two_event_loops_share_one_semaphore(seed: int) -> None:
     rng = random.Random(seed)
     threads = [threading.Thread(target=thread_worker, args=(f"th{i}", rng.randrange(1 << 30))) for i in range(3)]
     threads += [threading.Thread(target=loop_thread, args=(f"L{j}", rng.randrange(1 << 30))) for j in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads), "a worker never finished"
-    assert not errors, errors[:1]
+    _run_all(threads, errors)
     events = rec.events()
     _assert_clean(check(events, capacity=n), "capacity/tokens")
     _assert_clean(check_liveness(events), "liveness")

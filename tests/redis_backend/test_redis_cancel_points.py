@@ -144,7 +144,10 @@ def test_cancel_while_the_request_is_queued_for_a_connection(redis_server: Redis
             occupy = asyncio.ensure_future(blocker.extend_async())  # holds the only connection
             await _reached(hold)
             task = asyncio.ensure_future(lock.acquire_async() if lease is None else lease.release_async())
-            await asyncio.sleep(0.05)  # it is queued behind the busy connection (nothing else can run)
+            # Wait until the request sits in the I/O queue behind the busy connection.
+            while backend._io()._work_queue.qsize() < 1:
+                assert not task.done()
+                await asyncio.sleep(0.001)
             assert not task.done()
             await _cancel(task)
             hold.go.set()

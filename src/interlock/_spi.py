@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._errors import CapacityMismatch
+from ._lease import HELD
 
 if TYPE_CHECKING:
     from ._lease import Lease
@@ -163,7 +164,7 @@ class Channel(abc.ABC):
         """Confirm the grant with the backend now and push the lease's deadline (remote backends: one
         round trip). Raises LeaseLost if the grant is gone. This default serves backends whose grants
         never expire: it only checks that the grant was not reclaimed."""
-        if lease._state == 0 and not self.is_current(lease):  # HELD, but reclaimed behind its back
+        if lease._state == HELD and not self.is_current(lease):  # reclaimed behind its back
             lease._set_lost("the backend no longer has the grant (it was reclaimed)")
         lease.ensure_held()
 

@@ -11,7 +11,8 @@ import time
 import pytest
 
 import interlock
-from file.helpers import LONG, wait_until
+from contract.helpers import wait_until
+from file.helpers import LONG
 
 CTX = mp.get_context("fork")
 

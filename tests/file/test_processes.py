@@ -9,7 +9,8 @@ import threading
 import time
 
 import interlock
-from file.helpers import Child, cpu_seconds, wait_until
+from contract.helpers import wait_until
+from file.helpers import Child, cpu_seconds
 
 
 def test_statistics_show_who_holds_and_who_waits_in_order(url: str, children: list[Child]) -> None:

@@ -190,7 +190,7 @@ def test_the_channel_hands_off_through_the_fast_path(url: str, monkeypatch: pyte
     import threading
 
     import interlock
-    from file.helpers import wait_until
+    from contract.helpers import wait_until
     from interlock.backends.file import _state
 
     def generic(*args: object, **kwargs: object) -> object:

@@ -1,8 +1,10 @@
 """The Lua scripts (``lua/*.lua``, KEYS/ARGV documented in each file) and their wire encoding.
 
 Every state change is one script: ``prelude.lua`` (state load, purge of expired leases, FIFO grant,
-publish) followed by the operation's body. Scripts are sent with ``EVALSHA``; a ``NOSCRIPT`` reply
-(first use, server restart, ``SCRIPT FLUSH``) is answered by sending the text with ``EVAL`` once.
+publish) followed by the operation's body; acquire and release splice a fast path for the
+uncontended case (``<name>_fast.lua``) into the prelude right after the state load. Scripts are sent
+with ``EVALSHA``; a ``NOSCRIPT`` reply (first use, server restart, ``SCRIPT FLUSH``) is answered by
+sending the text with ``EVAL`` once.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from importlib import resources
 
 def _read(name: str) -> str:
     return (resources.files(__package__) / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+
+
+def _exists(name: str) -> bool:
+    return (resources.files(__package__) / "lua" / f"{name}.lua").is_file()
 
 
 @dataclass(frozen=True)
@@ -30,8 +36,21 @@ def _bulk(b: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(b), b)
 
 
+_FAST = "--@fast"
+
+
 def _make(name: str, with_prelude: bool = True) -> Script:
-    text = (_read("prelude") + "\n" + _read(name)) if with_prelude else _read(name)
+    if with_prelude:
+        # An operation's fast path (``<name>_fast.lua``) goes where the prelude has loaded the state
+        # but not yet defined its functions: creating those closures costs the server about as much
+        # as an uncontended acquire's Redis calls, so the common case returns before them.
+        pre = _read("prelude")
+        if _FAST not in pre:
+            raise RuntimeError(f"prelude.lua lost its {_FAST} line")
+        fast = _read(f"{name}_fast") if _exists(f"{name}_fast") else ""
+        text = pre.replace(_FAST, fast + _FAST, 1) + "\n" + _read(name)
+    else:
+        text = _read(name)
     raw = text.encode("utf-8")
     sha = hashlib.sha1(raw).hexdigest()
     return Script(

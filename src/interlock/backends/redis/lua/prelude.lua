@@ -34,7 +34,8 @@ local NONE = 9000000000000000  -- "no expiry" (server ms), also the score of X's
 -- The server's clock (TIME), read by clock(): every script calls it first, except a release with
 -- nothing queued, which needs no time at all (it neither purges nor grants; see release.lua).
 local now_us, now
-local function clock()
+local function clock()  -- (at most one TIME per script: a fast path may have read it already)
+  if now then return end
   local tm = redis.call('TIME')
   now_us = tonumber(tm[1]) * 1000000 + tonumber(tm[2])
   now = math.floor(now_us / 1000)
@@ -54,6 +55,7 @@ else
     return {-1, kind, string.format('%d', cap), bounded}
   end
 end
+--@fast (an operation's fast path, <name>_fast.lua, is spliced here: it sees the state above only)
 local dirty = not meta[1]
 -- ex <= every score in X (0 = unknown): scores only grow on renewal, so it stays a lower bound
 -- when entries leave or are renewed; xadd() lowers it for new entries.

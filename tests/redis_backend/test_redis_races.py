@@ -69,12 +69,17 @@ def _cell_ids(backend: Any) -> list[str]:
         return list(backend._cells)
 
 
+def _in_flight_ids(backend: Any) -> list[str]:
+    with backend._mx:
+        return list(backend._pending)
+
+
 @pytest.mark.parametrize("flavour", ["thread", "task"])
 def test_renew_and_poll_while_the_acquire_is_in_flight(url: str, flavour: str) -> None:
-    """A waiter's request is visible to the maintenance thread before the server has it (the grant
-    message may overtake the reply). A renewal or poll in that window must not take it for a request
-    the server forgot and queue it again: the re-queue raced with the grant in the reply and then
-    withdrew it, so the holder lost a lease it had just been given (seen as an intermittent LeaseLost)."""
+    """A waiter's request is registered before the server has it (the grant message may overtake the
+    reply). A renewal or poll in that window must not take it for a request the server forgot and queue
+    it again: the re-queue raced with the grant in the reply and then withdrew it, so the holder lost a
+    lease it had just been given (seen as an intermittent LeaseLost)."""
     sem = interlock.Semaphore("inflight", 1, url=url)
     backend = interlock.connect(url)
     ch = backend.channel("inflight", "semaphore", 1, True)
@@ -105,8 +110,9 @@ def test_renew_and_poll_while_the_acquire_is_in_flight(url: str, flavour: str) -
         t = threading.Thread(target=acquirer, daemon=True)
         t.start()
         assert sent.reached.wait(LIVE)
-        rids.extend(_cell_ids(backend))
+        rids.extend(_in_flight_ids(backend))
         assert len(rids) == 1, "the request was not registered before it was sent"
+        assert not _cell_ids(backend), "a request in flight must not be visible to renewals and polls"
         # What the maintenance thread may do in this window: renew, then poll (a wrong poll queues
         # the request again; the server grants it; its reply is held at the gate).
         backend._renew_all()
@@ -194,3 +200,67 @@ def test_timeout_while_a_requeue_is_in_flight_keeps_the_grant(url: str, redis_se
     lease.release()
     stats = sem.statistics()
     assert stats.available == 1 and not stats.waiters and not stats.holders
+
+
+def test_grant_message_before_the_acquire_reply_is_kept(url: str) -> None:
+    """The server queues a request and grants it (publishing the grant) before the waiter has read
+    its ACQUIRE reply. The waiter has no cell yet (see _Cell); the subscription's reader must keep the
+    grant for it, and the waiter must return it (not wait for a poll, nor leave it orphaned)."""
+    a = interlock.Lock("early-a", url=url)
+    b = interlock.Lock("early-b", url=url)
+    backend = interlock.connect(url)
+    holder_a, holder_b = a.acquire(), b.acquire()
+    results: dict[str, object] = {}
+    got = {"w1": threading.Event(), "w2": threading.Event()}
+    finish = threading.Event()
+
+    def run(name: str, lock: interlock.Lock) -> None:
+        try:
+            results[name] = lock.acquire(timeout=LIVE)
+        except BaseException as exc:
+            results[name] = exc
+        got[name].set()
+        finish.wait(LIVE)  # stay alive: a thread that ends returns what it holds
+
+    # w1 waits on b and so reads the subscription for the process.
+    w1 = threading.Thread(target=run, args=("w1", b), name="w1", daemon=True)
+    w1.start()
+    for _ in range(int(LIVE / 0.005)):
+        if _cell_ids(backend) and backend._leader is not None:
+            break
+        finish.wait(0.005)
+    assert _cell_ids(backend) and backend._leader is not None
+
+    def w2_acquire(script: Any, args: tuple[Any, ...]) -> bool:
+        return script is S.ACQUIRE and threading.current_thread().name == "w2"
+
+    try:
+        with Gate(backend, w2_acquire, "after") as gate:
+            w2 = threading.Thread(target=run, args=("w2", a), name="w2", daemon=True)
+            w2.start()
+            assert gate.reached.wait(LIVE)  # the server queued w2's request; its reply is held
+            [rid] = _in_flight_ids(backend)
+            holder_a.release()  # grants w2 and publishes the grant, which w1 reads
+            for _ in range(int(LIVE / 0.005)):
+                with backend._mx:
+                    if rid in backend._early:
+                        break
+                finish.wait(0.005)
+            with backend._mx:
+                assert rid in backend._early, "the grant message was dropped"
+            gate.open()
+            assert got["w2"].wait(LIVE)
+        lease = results["w2"]
+        assert isinstance(lease, interlock.Lease), lease
+        assert lease.token > holder_a.token
+        with backend._mx:
+            assert not backend._early and not backend._pending
+        assert [h.token for h in a.statistics().holders] == [lease.token]
+        lease.release()
+        holder_b.release()
+        assert got["w1"].wait(LIVE)
+        lease_b = results["w1"]
+        assert isinstance(lease_b, interlock.Lease), lease_b
+        lease_b.release()
+    finally:
+        finish.set()

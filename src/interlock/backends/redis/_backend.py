@@ -59,6 +59,7 @@ from ._config import RedisOptions, parse_options
 from ._transport import ClusterTransport, StandaloneTransport, Target, Transient, _Incomplete, _parse
 
 _monotonic = time.monotonic
+_ref = weakref.ref
 _get_running_loop = asyncio._get_running_loop
 
 WAITING, GRANTED, CANCELLED = 0, 1, 2
@@ -97,28 +98,30 @@ class _Call:
 
 class _Cell:
     """A queued request of this process. ``state`` changes only under the backend mutex; the grant
-    (``token``, ``died``) is delivered by the subscriber thread or the maintenance thread."""
+    (``token``, ``died``) is delivered by the subscriber thread or the maintenance thread.
 
-    __slots__ = ("args", "channel", "confirmed", "died", "fut", "id", "inflight", "lock", "loop", "repoll",
-                 "signalled", "state", "token")
+    A cell exists only once the server has replied that the request is queued (while its ACQUIRE is
+    in flight the id is only in ``RedisBackend._pending``). So renewals and polls, which look at
+    cells, never see an id the server does not know yet: they would take it for one the server
+    forgot and queue it again, racing with the grant in the reply."""
 
-    def __init__(self, channel: RedisChannel, rid: str, loop: asyncio.AbstractEventLoop | None) -> None:
+    __slots__ = ("args", "channel", "confirmed", "died", "fut", "id", "inflight", "lock", "loop", "signalled",
+                 "state", "token")
+
+    def __init__(self, channel: RedisChannel, rid: str, loop: asyncio.AbstractEventLoop | None,
+                 args: tuple[str | bytes | int, ...], confirmed: float) -> None:
         self.channel = channel
         self.id = rid
         self.state = WAITING
         self.token = 0
         self.died = False
-        # Monotonic send time of the last acquire/renewal the server confirmed; 0.0 until the server
-        # has replied that the request is queued. Renewals and polls only look at confirmed cells: an
-        # unconfirmed id is unknown to the server because its ACQUIRE is still in flight, not because
-        # the server forgot it (re-queueing it then would race with the grant in the reply).
-        self.confirmed = 0.0
+        # Monotonic send time of the last acquire/renewal the server confirmed (the request queued).
+        self.confirmed = confirmed
         # The re-queue (ACQUIRE again after the server forgot the request) in flight, if any; set and
         # cleared under the backend mutex, only while the cell is WAITING.
         self.inflight: concurrent.futures.Future[Any] | None = None
-        self.repoll = False  # the subscription was re-established before this cell was confirmed
         self.loop = loop
-        self.args: tuple[str | bytes | int, ...] = ()  # the ACQUIRE arguments (to queue it again)
+        self.args = args  # the ACQUIRE arguments (to queue it again)
         # Thread cells: ``lock`` is held by the waiting thread except after a wake-up (a grant, or a
         # promotion to reading the subscription); ``signalled`` is True exactly while it is released
         # by such a wake-up. Both change only under the backend mutex, so a wake is never lost nor
@@ -171,7 +174,10 @@ class RedisChannel(Channel):
     # Under backend._mx: _leases maps request id -> held Lease of this process (renewed by the
     # maintenance thread); _cells maps request id -> queued request of this process.
     # _leases holds the leases WEAKLY: a Lease its holder dropped must be garbage-collected (its
-    # finalizer hands it to the reaper, which releases it), not renewed here forever.
+    # finalizer hands it to the reaper, which releases it), not renewed here forever. A plain dict of
+    # weak references, not a WeakValueDictionary (whose Python-level methods were a visible share of
+    # an uncontended acquire+release): every release removes its entry, and readers skip a dead
+    # reference (_check_deadlines removes it).
 
     def __init__(self, backend: RedisBackend, name: str, kind: str, capacity: int, bounded: bool) -> None:
         super().__init__(backend, name, kind, capacity, bounded)
@@ -183,7 +189,7 @@ class RedisChannel(Channel):
             [o.prefix + "c:", kind, str(capacity), "1" if bounded else "0",
              str(int(o.idle_expiry * 1000))],
         )
-        self._leases: weakref.WeakValueDictionary[str, Lease] = weakref.WeakValueDictionary()
+        self._leases: dict[str, weakref.ref[Lease]] = {}
         self._cells: dict[str, _Cell] = {}
         self._poll_at: float | None = None
         self._owned = kind != "semaphore"
@@ -216,17 +222,17 @@ class RedisChannel(Channel):
         deadline = None if timeout is None else now + timeout
         may_wait = blocking and timeout != 0 and not on_loop_thread
         rid = b._new_id()
-        cell: _Cell | None = None
+        epoch = 0
         if may_wait:
             b._ensure_subscribed()
-            cell = _Cell(self, rid, loop)
-            b._register(cell)  # before sending: the grant message may overtake the reply
+            # Before sending: the grant message may overtake the reply (see _deliver). No cell yet: an
+            # acquire granted at once (the common case) then costs no cell, and see _Cell.
+            epoch = b._sub_epoch
+            b._pending.add(rid)
         flags = ("b" if may_wait else "") + ("f" if fair else "")
         if may_wait and self._owned and self._leases:
             flags += "o"  # ask whether every holder is ours: then a self-deadlock can be reported
         args = (rid, b.sid, permits, _MODE[mode], flags, b.ttl_ms, b._info(owner))
-        if cell is not None:
-            cell.args = args
         call = _Call(S.ACQUIRE, self.target, args, deadline if deadline is not None else now + b.opts.ttl)
         sent = _monotonic()
         try:
@@ -234,16 +240,21 @@ class RedisChannel(Channel):
         except BaseException:
             # Outcome unknown (unreachable server, interrupt): withdraw whatever the server did with
             # this id, after the in-flight call (if any) has finished.
-            if cell is not None:
-                b._withdraw(cell)
+            if may_wait:
+                b._unpend(rid)
             b._defer_cancel(self, rid, call.future)
             raise
         status = r[0]
         if status == 1:
-            if cell is not None:
-                b._withdraw(cell)
+            if may_wait:
+                if call.retried:  # an earlier attempt may have queued it, and a grant been published
+                    b._unpend(rid)
+                else:  # granted by this very script: no grant message for it exists (nor can _deliver
+                    b._pending.discard(rid)  # buffer one), so no need for the mutex
             return (yield from self._granted(rid, int(r[1]), bool(r[2]), sent, permits, owner, site, mode))
         if status == 2:
+            if may_wait:  # (not sent with "b": never queued)
+                b._unpend(rid)
             if blocking and timeout != 0 and on_loop_thread:
                 raise BlockingCallInEventLoop(
                     f"blocking acquire of {self.describe()} on a thread whose event loop is running would "
@@ -252,13 +263,14 @@ class RedisChannel(Channel):
             raise WouldBlock(f"{self.describe()} cannot grant {permits} permit(s) now", name=self.name,
                              permits=permits)
         if status == -1:
-            if cell is not None:
-                b._withdraw(cell)
+            if may_wait:
+                b._unpend(rid)
             raise self._mismatch(r)
+        assert may_wait
+        cell, early, repoll = b._register(self, rid, loop, args, sent, epoch)
+        if early is not None:  # its grant message overtook this reply
+            return (yield from self._granted(rid, early[0], early[1], sent, permits, owner, site, mode))
         assert cell is not None
-        with b._mx:
-            cell.confirmed = sent
-            repoll = cell.repoll
         # (a re-subscription while the ACQUIRE was in flight may have lost our grant message: poll now)
         b._schedule_poll(self, 0 if repoll else int(r[1]))
         # While we queue (FIFO), the set of holders can only shrink: if it was all ours, it stays so.
@@ -423,13 +435,17 @@ class RedisChannel(Channel):
         return None
 
     def is_current(self, lease: Lease) -> bool:
-        return lease.backend_data in self._leases
+        ref = self._leases.get(lease.backend_data)
+        return ref is not None and ref() is lease
+
+    def _live_leases(self) -> list[Lease]:
+        return [le for le in [r() for r in list(self._leases.values())] if le is not None]
 
     def reclaim_owner(self, owner: Any) -> None:
         """Return the grants still held by ``owner`` (a thread that ended), marked abandoned."""
         if not self._owned:
             return
-        for lease in [le for le in list(self._leases.values()) if le.owner is owner]:
+        for lease in [le for le in self._live_leases() if le.owner is owner]:
             if lease._mark_abandoned(f"its owner {owner_label(owner)} ended while holding it"):
                 try:
                     self.release(lease, lease.permits, abandoned=True)
@@ -464,14 +480,14 @@ class RedisChannel(Channel):
         return s
 
     def local_holder_owners(self) -> list[Any]:
-        return [lease.owner for lease in list(self._leases.values()) if lease._state == HELD]
+        return [lease.owner for lease in self._live_leases() if lease._state == HELD]
 
     def has_remote_holders(self) -> bool:
         # An exclusive grant held here excludes every other holder: then the wait-for graph of this
         # process is complete for this primitive and self-deadlocks can be reported.
         if self._local_only:
             return False
-        return not any(lease.mode == "exclusive" and lease._state == HELD for lease in list(self._leases.values()))
+        return not any(lease.mode == "exclusive" and lease._state == HELD for lease in self._live_leases())
 
     def locked(self) -> bool:
         s = self.statistics()
@@ -567,6 +583,11 @@ class RedisBackend(Backend):
         self._ids = itertools.count(1)
         self._mx = _thread.allocate_lock()
         self._cells: dict[str, _Cell] = {}
+        # Under _mx (adding to _pending needs no mutex: nothing can be buffered for an id not sent yet):
+        # ids of blocking ACQUIREs in flight, and grant messages for them that overtook the reply.
+        self._pending: set[str] = set()
+        self._early: dict[str, tuple[int, bool]] = {}
+        self._sub_epoch = 0  # + 1 (under _mx) each time the subscription is (re-)established
         self._active: set[RedisChannel] = set()
         self._deferred: list[tuple[RedisChannel, str, concurrent.futures.Future[Any] | None]] = []
         self._wake = threading.Event()
@@ -605,7 +626,7 @@ class RedisBackend(Backend):
         # Leases and waits of the parent are not the child's: mark the child's copies lost (the parent
         # keeps renewing and releasing the real grants) and start afresh (new sid, new connections).
         for ch in list(self._channels.values()):
-            for lease in ch._leases.values():
+            for lease in ch._live_leases():
                 lease._state = LOST
                 lease._lost_reason = "it was inherited across fork(); the parent process owns it"
             ch._leases.clear()
@@ -754,9 +775,26 @@ class RedisBackend(Backend):
         return ex
 
     # -- waiters -----------------------------------------------------------------------------------
-    def _register(self, cell: _Cell) -> None:
-        ch = cell.channel
+    def _unpend(self, rid: str) -> None:
+        """The ACQUIRE of ``rid`` is no longer in flight, and it will not wait: forget it, and a grant
+        message for it that was buffered (its owner, if any, releases it on the server)."""
         with self._mx:
+            self._pending.discard(rid)
+            self._early.pop(rid, None)
+
+    def _register(self, ch: RedisChannel, rid: str, loop: asyncio.AbstractEventLoop | None,
+                  args: tuple[str | bytes | int, ...], sent: float,
+                  epoch: int) -> tuple[_Cell | None, tuple[int, bool] | None, bool]:
+        """The server queued request ``rid`` (its ACQUIRE was sent at ``sent``, when the subscription
+        epoch was ``epoch``): make its cell. -> (cell, its grant if the message came first, whether to
+        poll now because the subscription was re-established meanwhile and may have lost the grant)."""
+        with self._mx:
+            self._pending.discard(rid)
+            early = self._early.pop(rid, None)
+            if early is not None:
+                return None, early, False
+            repoll = self._sub_epoch != epoch
+            cell = _Cell(ch, rid, loop, args, sent)
             self._cells[cell.id] = cell
             ch._cells[cell.id] = cell
             if cell.loop is None:
@@ -772,6 +810,7 @@ class RedisBackend(Backend):
         if fresh:
             self._ensure_threads()
             self._wake.set()
+        return cell, None, repoll
 
     def _withdraw(self, cell: _Cell) -> bool:
         """Stop waiting. True if the cell was still waiting (no grant was delivered to it)."""
@@ -793,7 +832,11 @@ class RedisBackend(Backend):
     def _deliver(self, rid: str, token: int, died: bool) -> None:
         with self._mx:
             cell = self._cells.pop(rid, None)
-            if cell is None or cell.state != WAITING:
+            if cell is None:
+                if rid in self._pending:  # its ACQUIRE's reply has not been read yet: _register takes it
+                    self._early[rid] = (token, died)
+                return
+            if cell.state != WAITING:
                 return
             cell.channel._cells.pop(rid, None)
             self._sync_cells.pop(rid, None)
@@ -831,7 +874,7 @@ class RedisBackend(Backend):
     # -- leases ------------------------------------------------------------------------------------
     def _add_lease(self, ch: RedisChannel, rid: str, lease: Lease) -> None:
         with self._mx:
-            ch._leases[rid] = lease
+            ch._leases[rid] = _ref(lease)
             fresh = not self._active
             self._active.add(ch)
         if fresh or not self._threads_started:
@@ -1035,6 +1078,7 @@ class RedisBackend(Backend):
                 if not (isinstance(reply, list) and reply and reply[0] == b"subscribe"):
                     raise Transient(f"unexpected reply to SUBSCRIBE: {reply!r}")
                 with self._mx:
+                    self._sub_epoch += 1
                     self._sub_sock = sock
                     self._sub_buf = buf[pos:]
                     self._sub_last = _monotonic()
@@ -1091,14 +1135,12 @@ class RedisBackend(Backend):
             self._deliver(parts[i].decode(), int(parts[i + 1]), parts[i + 2] == b"1")
 
     def _poll_all(self) -> None:
+        # (ACQUIREs in flight poll once they are queued: see _register's ``repoll``)
         now = _monotonic()
         with self._mx:
             for ch in self._active:
                 if ch._cells:
                     ch._poll_at = now
-                    for cell in ch._cells.values():
-                        if not cell.confirmed:  # its ACQUIRE is in flight: poll once it is queued
-                            cell.repoll = True
         self._wake.set()
 
     def _maintain(self, pid: int) -> None:
@@ -1112,7 +1154,8 @@ class RedisBackend(Backend):
                 io = self._io()
                 for ch, rid, _ in deferred:
                     io.submit(self._cancel_now, ch, rid)
-                if _monotonic() >= next_renew and not self._renewing:
+                tick = _monotonic() >= next_renew
+                if tick and not self._renewing:
                     self._renewing = True
                     io.submit(self._renew_round)
                     next_renew = _monotonic() + self.opts.renew_interval
@@ -1124,8 +1167,14 @@ class RedisBackend(Backend):
                     for ch in polls:
                         ch._poll_at = None
                         self._polling.add(ch)
-                    active = [ch for ch in self._active if ch._leases or ch._cells or ch in self._polling]
-                    self._active = set(active)
+                    if tick:
+                        # Idle primitives leave _active only at a renewal tick, not at every wake-up:
+                        # otherwise a loop of uncontended acquire+release would find none active and
+                        # wake this thread (_add_lease) on every acquire, to compete for the GIL with
+                        # the release that follows.
+                        self._active = {ch for ch in self._active
+                                        if ch._leases or ch._cells or ch in self._polling}
+                    active = list(self._active)
                     times = [ch._poll_at for ch in active if ch._poll_at is not None]
                 for ch in polls:
                     io.submit(self._poll_round, ch)
@@ -1175,11 +1224,13 @@ class RedisBackend(Backend):
         nxt: float | None = None
         with self._mx:
             for ch in self._active:
-                for rid, lease in list(ch._leases.items()):
-                    d = lease._deadline
-                    if lease._state != HELD:
+                for rid, ref in list(ch._leases.items()):
+                    lease = ref()
+                    if lease is None or lease._state != HELD:
                         del ch._leases[rid]
-                    elif d is not None and d <= now:
+                        continue
+                    d = lease._deadline
+                    if d is not None and d <= now:
                         del ch._leases[rid]
                         lost.append((ch, lease))
                     elif d is not None and (nxt is None or d < nxt):
@@ -1191,8 +1242,8 @@ class RedisBackend(Backend):
 
     def _renew_all(self) -> None:
         with self._mx:
-            # (unconfirmed cells are left out: see _Cell.confirmed)
-            work = [(ch, list(ch._leases), [rid for rid, c in ch._cells.items() if c.confirmed])
+            # (ACQUIREs in flight have no cell yet: see _Cell)
+            work = [(ch, [rid for rid, r in ch._leases.items() if r() is not None], list(ch._cells))
                     for ch in self._active]
         work = [(ch, ls, cs) for ch, ls, cs in work if ls or cs]
         if not work:
@@ -1212,7 +1263,8 @@ class RedisBackend(Backend):
             lost: list[tuple[str, Lease]] = []
             with self._mx:
                 for rid in ls:
-                    lease = ch._leases.get(rid)
+                    ref = ch._leases.get(rid)
+                    lease = ref() if ref is not None else None
                     if lease is None:
                         continue
                     if rid in missing or lease._state != HELD or (lease._deadline or 0) <= sent:
@@ -1241,7 +1293,7 @@ class RedisBackend(Backend):
 
     def _poll(self, ch: RedisChannel) -> None:
         with self._mx:
-            ids = [rid for rid, c in ch._cells.items() if c.confirmed]  # see _Cell.confirmed
+            ids = list(ch._cells)  # (ACQUIREs in flight have no cell yet: see _Cell)
         if not ids:
             return
         sent = _monotonic()

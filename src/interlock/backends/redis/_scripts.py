@@ -90,31 +90,30 @@ def _enc(v: str | bytes | int) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(b), b)
 
 
-# Encoded argument tails (everything after the request id), by value: an acquire repeats the same
-# sid/permits/mode/flags/ttl/info and a release the same ("r", 0, "0"), so the hot paths encode one
-# argument per call. Bounded: cleared when full (renewals with many ids are not cached at all).
-_tails: dict[tuple[str | bytes | int, ...], bytes] = {}
-_TAILS_MAX = 1024
+# Encoded commands around the request id, by value: an acquire repeats the same script, keys, constant
+# arguments and sid/permits/mode/flags/ttl/info, a release the same ("r", 0, "0"), so the hot paths
+# join three byte strings (bytes %-formatting of the whole command was a measurable share of the
+# client's time). Bounded: cleared when full (renewals with many ids are not cached at all).
+_packed: dict[tuple[bytes, bytes, int, int, tuple[str | bytes | int, ...]], tuple[bytes, bytes]] = {}
+_PACKED_MAX = 1024
 
 
 def pack(head: bytes, nargs: int, body: bytes, args: tuple[str | bytes | int, ...]) -> bytes:
     """One RESP command: ``head`` (command + sha/text), ``body`` (numkeys, keys and constant args,
-    already encoded, ``nargs`` items), then ``args``. (This runs twice per acquire+release, where
-    encoding every argument each time was a measurable share of the client's time.)"""
+    already encoded, ``nargs`` items), then ``args`` (the first one, if a str, is the request id)."""
     n = len(args)
     if not n:
         return b"*%d\r\n%s%s" % (2 + nargs, head, body)
-    if n > 8:
-        return b"".join([b"*%d\r\n" % (2 + nargs + n), head, body, *map(_enc, args)])
-    rest = args[1:]
-    tail = _tails.get(rest)
-    if tail is None:
-        tail = b"".join(map(_enc, rest))
-        if len(_tails) >= _TAILS_MAX:
-            _tails.clear()
-        _tails[rest] = tail
     first = args[0]
-    if first.__class__ is str:  # the request id
-        b = first.encode()
-        return b"*%d\r\n%s%s$%d\r\n%s\r\n%s" % (2 + nargs + n, head, body, len(b), b, tail)
-    return b"".join((b"*%d\r\n" % (2 + nargs + n), head, body, _enc(first), tail))
+    if n > 8 or first.__class__ is not str:
+        return b"".join([b"*%d\r\n" % (2 + nargs + n), head, body, *map(_enc, args)])
+    rid = first.encode()
+    rest = args[1:]
+    key = (head, body, nargs, len(rid), rest)
+    parts = _packed.get(key)
+    if parts is None:
+        if len(_packed) >= _PACKED_MAX:
+            _packed.clear()
+        parts = _packed[key] = (b"*%d\r\n%s%s$%d\r\n" % (2 + nargs + n, head, body, len(rid)),
+                                b"\r\n" + b"".join(map(_enc, rest)))
+    return parts[0] + rid + parts[1]

@@ -183,7 +183,8 @@ class StandaloneTransport:
         self._free: list[Any] = []
         self._created = 0
         self._max = opts.max_connections
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._waiting = 0
         self._closed = False
 
@@ -212,7 +213,7 @@ class StandaloneTransport:
             return self._free.pop()
 
     def _put(self, conn: Any) -> None:
-        with self._cond:
+        with self._lock:  # (the condition's lock, without Condition's Python-level __enter__)
             self._free.append(conn)
             if self._waiting:
                 self._cond.notify()

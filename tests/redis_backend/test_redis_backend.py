@@ -290,3 +290,37 @@ def test_keys_always_carry_an_idle_expiry_and_the_queue_flag_follows_the_queue(r
     assert r.hget(base + ":m", "a") == b"3"
     sem.acquire(3).release()
     check_state()
+
+
+def test_a_silent_server_times_out_the_round_trip() -> None:
+    """The command path keeps the connection's timeout in the kernel (SO_RCVTIMEO, no poll() per
+    call): a server that accepts but never answers must still make the call fail, not hang."""
+    import socket
+
+    from interlock.backends.redis._transport import _roundtrip
+
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts (backlog), never answers
+    sock = socket.create_connection(listener.getsockname())
+    sock.settimeout(0.2)
+
+    class Conn:
+        _sock = sock
+
+    outcome: list[BaseException | None] = []
+
+    def call() -> None:
+        try:
+            _roundtrip(Conn(), b"*1\r\n$4\r\nPING\r\n")
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(30.0)  # liveness bound, not a latency assertion
+    try:
+        assert not t.is_alive(), "the round trip hung on a silent server"
+        assert isinstance(outcome[0], OSError), outcome  # a timeout: the transport retries it (Transient)
+    finally:
+        sock.close()
+        listener.close()

@@ -15,6 +15,8 @@ missing ACL permission, out of memory...). Messages are scrubbed of the password
 
 from __future__ import annotations
 
+import socket
+import struct
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -138,6 +140,23 @@ def _parse(b: bytes, i: int) -> tuple[Any, int]:
     raise ValueError(f"bad RESP type byte {t!r}")
 
 
+def _kernel_timeouts(sock: Any) -> None:
+    """Move a plain socket's timeout into the kernel (SO_RCVTIMEO/SO_SNDTIMEO) and make it blocking.
+
+    Python implements a socket timeout with a poll() before every send and recv: two extra system
+    calls per round trip. With the kernel's timeouts a blocking send/recv gives up just the same, as
+    ``BlockingIOError`` (an OSError: the caller treats it like a timeout, as redis-py's own reads on
+    the connection do). TLS sockets keep Python's timeout (their reads are not plain recv calls)."""
+    t = sock.gettimeout()
+    if t is None or sock.__class__ is not socket.socket:
+        return
+    sec = int(t)
+    tv = struct.pack("ll", sec, int((t - sec) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+    sock.settimeout(None)
+
+
 def _roundtrip(conn: Any, data: bytes) -> Any:
     """Send one command and read its reply straight from the socket (redis-py's parser costs about a
     fifth of a loopback round trip per reply; ours handles the few reply shapes scripts produce)."""
@@ -145,6 +164,8 @@ def _roundtrip(conn: Any, data: bytes) -> Any:
     if sock is None:
         conn.connect()
         sock = conn._sock
+    if sock.gettimeout() is not None:  # (new connection, or redis-py set a timeout of its own)
+        _kernel_timeouts(sock)
     sock.sendall(data)
     buf = sock.recv(65536)
     while True:

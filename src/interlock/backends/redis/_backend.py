@@ -4,7 +4,8 @@ Design (see ``docs/redis-backend.md`` for the guarantees):
 
 * **One script per state change.** ``lua/prelude.lua`` + an operation body: expired leases are
   purged, the head waiter(s) granted (strict FIFO, weighted) and woken by ``PUBLISH`` inside the
-  same script. Expiry uses the server's clock (``TIME``); clients never send timestamps.
+  same script. Expiry uses the server's clock (``TIME``); clients never send timestamps. Acquire
+  and release splice an uncontended fast path into the prelude (``lua/*_fast.lua``).
 * **Push wake-ups, one subscription per process.** Every process subscribes to one channel
   (``<prefix>c:<sid>``) before its first wait; a grant is delivered as ``"<id> <token> <died>"``.
   A waiter's only timed wake-up is the earliest lease expiry the server reported: the process's

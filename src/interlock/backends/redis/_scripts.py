@@ -36,7 +36,7 @@ def _bulk(b: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(b), b)
 
 
-_FAST = "--@fast"
+_FAST = "\n--@fast"  # a line of prelude.lua
 
 
 def _make(name: str, with_prelude: bool = True) -> Script:
@@ -48,7 +48,7 @@ def _make(name: str, with_prelude: bool = True) -> Script:
         if _FAST not in pre:
             raise RuntimeError(f"prelude.lua lost its {_FAST} line")
         fast = _read(f"{name}_fast") if _exists(f"{name}_fast") else ""
-        text = pre.replace(_FAST, fast + _FAST, 1) + "\n" + _read(name)
+        text = pre.replace(_FAST, "\n" + fast.rstrip("\n") + _FAST, 1) + "\n" + _read(name)
     else:
         text = _read(name)
     raw = text.encode("utf-8")

@@ -167,8 +167,8 @@ def test_timeout_while_a_requeue_is_in_flight_keeps_the_grant(url: str, redis_se
     t = threading.Thread(target=waiter, daemon=True)
     t.start()
     deadline_wait = threading.Event()
-    for _ in range(int(LIVE / 0.005)):
-        if len(sem.statistics().waiters) == 1:
+    for _ in range(int(LIVE / 0.005)):  # queued on the server, and the waiter has read that reply
+        if len(sem.statistics().waiters) == 1 and _cell_ids(backend):
             break
         deadline_wait.wait(0.005)
     [rid] = _cell_ids(backend)

@@ -23,6 +23,7 @@ import _thread
 import asyncio
 import fcntl
 import itertools
+import os
 import struct
 import time
 import weakref
@@ -55,6 +56,22 @@ _ID_UNPACK_FROM = struct.Struct("<Q").unpack_from  # a mailbox grant: waiter id,
 _BODY_UNPACK_FROM = struct.Struct("<QqB").unpack_from
 
 _labels: dict[str, bytes] = {}
+
+
+def _load_native() -> Any:
+    """The C twin of the hot state transitions (``_fastfile.c``: an uncontended grant, a full release
+    and its handoff), or None where it is not built or ``INTERLOCK_FILE_NATIVE=0`` selects the
+    pure-Python twin (``StateFile.grant_fast_locked`` / ``release_locked``, always used for the rest)."""
+    if os.environ.get("INTERLOCK_FILE_NATIVE", "1") == "0":
+        return None
+    try:
+        from . import _fastfile
+    except ImportError:
+        return None
+    return _fastfile
+
+
+_native = _load_native()  # read by each channel when it is created (tests switch it per backend)
 
 
 def _label(owner: Any) -> bytes:
@@ -123,6 +140,14 @@ class FileChannel(Channel):
         # The queued waits of this process (wid -> Wait), to poke them when a peer dies.
         self._waits: dict[int, Wait] = {}
         self._deliver = backend.waker.wake  # bound once: the release path passes it on every call
+        # The C twins (None: the pure-Python path). They take and drop the file lock themselves, and
+        # return with it still held when they leave the transition to Python (see _fastfile.c).
+        native = _native
+        self._c_grant: Any = native.grant if native is not None else None
+        self._c_release: Any = native.release if native is not None else None
+        # (process, slot) -> (mailbox, offset, bound sem_post): the Waker's cache, which the C release
+        # delivers through (the same dict object for the life of the process, cleared after a fork).
+        self._posts = backend.waker._posts
         self._label_cache: tuple[Any, bytes] = (None, b"")
         self._watched: set[int] = set()  # peers registered with the death watcher for this channel
         self._sf = self._open_file()
@@ -166,7 +191,7 @@ class FileChannel(Channel):
         """Deliver grants. Always called with the file lock held, right after the commit: a waiter can
         then observe its grant (in the state, or in its mailbox) only once the delivery is complete, so
         no delivery can land in a wake-up slot after its waiter moved on."""
-        wake = self.backend.waker.wake
+        wake = self._deliver
         for proc, n, payload in wakes:
             wake(proc, n, payload)
 
@@ -195,13 +220,20 @@ class FileChannel(Channel):
             if sf is None or not self._proc:
                 sf = self._state()
             fd = sf.fd
-            _flock(fd, _LOCK_EX)
-            try:
-                r = sf.grant_fast_locked(permits, fair, self._proc, MODES[mode], label, _monotonic())
-            finally:
-                _flock(fd, _LOCK_UN)
-            if r is None:
-                return None
+            c_grant = self._c_grant
+            r: Any = (c_grant(sf.m, fd, permits, fair, self._proc, MODES[mode], label, _monotonic())
+                      if c_grant is not None else False)
+            if r.__class__ is not tuple:
+                # None: no room, False: not handled by C (or no C); the file lock is held unless no C.
+                if c_grant is None:
+                    _flock(fd, _LOCK_EX)
+                try:
+                    if r is False:
+                        r = sf.grant_fast_locked(permits, fair, self._proc, MODES[mode], label, _monotonic())
+                finally:
+                    _flock(fd, _LOCK_UN)
+                if r is None:
+                    return None
             lease = _new_lease(Lease)
             lease._channel = self
             lease.token = token = r[0]
@@ -262,24 +294,32 @@ class FileChannel(Channel):
                 sf = self._state()
             proc = self._proc
             fd = sf.fd
-            _flock(fd, _LOCK_EX)
-            try:
-                now = _monotonic()
-                r = sf.grant_fast_locked(permits, fair, proc, MODES[mode], label, now)
-                if r is None:
-                    if _get_running_loop() is not None:
-                        raise BlockingCallInEventLoop(
-                            f"blocking acquire of {self.describe()} on a thread whose event loop is running "
-                            "would deadlock it; use 'async with' or 'await acquire_async()' instead",
-                            name=self.name,
-                        )
-                    slot = self.backend.take_slot()
-                    w = Wait(self, permits, mode, owner, site, slot.n)
-                    w.slot = slot
-                    w.ticket, peers = sf.enqueue_locked(permits, proc, w.wid, slot.n, MODES[mode], label, now)
-                    self._waits[w.wid] = w
-            finally:
-                _flock(fd, _LOCK_UN)
+            now = _monotonic()
+            c_grant = self._c_grant
+            r: Any = (c_grant(sf.m, fd, permits, fair, proc, MODES[mode], label, now)
+                      if c_grant is not None else False)
+            if r.__class__ is not tuple:
+                # None: no room, False: not handled by C (or no C); the file lock is held unless no C.
+                if c_grant is None:
+                    _flock(fd, _LOCK_EX)
+                try:
+                    if r is False:
+                        r = sf.grant_fast_locked(permits, fair, proc, MODES[mode], label, now)
+                    if r is None:
+                        if _get_running_loop() is not None:
+                            raise BlockingCallInEventLoop(
+                                f"blocking acquire of {self.describe()} on a thread whose event loop is "
+                                "running would deadlock it; use 'async with' or 'await acquire_async()' "
+                                "instead", name=self.name,
+                            )
+                        slot = self.backend.take_slot()
+                        w = Wait(self, permits, mode, owner, site, slot.n)
+                        w.slot = slot
+                        w.ticket, peers = sf.enqueue_locked(permits, proc, w.wid, slot.n, MODES[mode], label,
+                                                            now)
+                        self._waits[w.wid] = w
+                finally:
+                    _flock(fd, _LOCK_UN)
             if r is not None:
                 lease = _new_lease(Lease)
                 lease._channel = self
@@ -719,16 +759,25 @@ class FileChannel(Channel):
             sf = self._sf
             assert sf is not None
             fd = sf.fd
-            _flock(fd, _LOCK_EX)
-            try:
-                # A handoff commits the grants, then delivers them through _deliver before returning
-                # (still under the file lock, see _send); other paths return the wakes to send.
-                wakes = sf.release_locked(token, self._proc, permits, abandoned, None, False, True,
-                                          self._deliver)[1]
-                if wakes:
-                    self._send(wakes)
-            finally:
-                _flock(fd, _LOCK_UN)
+            c_release = self._c_release
+            # The C twin: True/False = done (unlocked); a list = grants left to deliver, None = not
+            # handled (both with the file lock held).
+            r = (c_release(sf.m, fd, token, self._proc, permits, abandoned, self._posts)
+                 if c_release is not None else None)
+            if r is None or r.__class__ is list:
+                if c_release is None:
+                    _flock(fd, _LOCK_EX)
+                try:
+                    if r is None:
+                        # A handoff commits the grants, then delivers them through _deliver before
+                        # returning (still under the file lock, see _send); other paths return the
+                        # wakes to send.
+                        r = sf.release_locked(token, self._proc, permits, abandoned, None, False, True,
+                                              self._deliver)[1]
+                    if r:
+                        self._send(r)
+                finally:
+                    _flock(fd, _LOCK_UN)
         finally:
             mutex.release()
         if lease._death_cb is not None:

@@ -1,0 +1,11 @@
+# Stub of the optional C twin of the file:// hot transitions (see _fastfile.c for the contract).
+import mmap
+from typing import Any
+
+def grant(
+    m: mmap.mmap, fd: int, permits: int, fair: bool, proc: int, mode: int, label: bytes, now: float, /
+) -> tuple[int, bool, int] | bool | None: ...
+def release(
+    m: mmap.mmap, fd: int, token: int, proc: int, permits: int, abandoned: bool,
+    posts: dict[tuple[int, int], Any], /
+) -> bool | list[tuple[int, int, bytes]] | None: ...

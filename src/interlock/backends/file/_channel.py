@@ -762,7 +762,7 @@ class FileChannel(Channel):
             c_release = self._c_release
             # The C twin: True/False = done (unlocked); a list = grants left to deliver, None = not
             # handled (both with the file lock held).
-            r = (c_release(sf.m, fd, token, self._proc, permits, abandoned, self._posts)
+            r = (c_release(sf.m, fd, token, self._proc, permits, abandoned, _monotonic(), self._posts)
                  if c_release is not None else None)
             if r is None or r.__class__ is list:
                 if c_release is None:

@@ -50,7 +50,6 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/file.h>
-#include <time.h>
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
 #error "_fastfile assumes a little-endian host (the state file format is little endian)"
@@ -110,13 +109,6 @@ static int lock_ex(int fd)
 static void unlock(int fd)
 {
     (void)flock(fd, LOCK_UN);  /* cannot fail on an fd we locked; the kernel drops it on close anyway */
-}
-
-static double monotonic_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);  /* what time.monotonic() reads on Linux */
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 /* Locate the active and inactive slots. Returns 0, or -1 if the mapping does not cover the slot table
@@ -300,7 +292,7 @@ static int deliver(PyObject *posts, uint64_t proc, uint32_t slot, const char pay
 }
 
 PyDoc_STRVAR(release_doc,
-"release(m, fd, token, proc, permits, abandoned, posts) -> True | False | list | None\n\n"
+"release(m, fd, token, proc, permits, abandoned, now, posts) -> True | False | list | None\n\n"
 "flock + StateFile.release_locked (full release) with delivery through ``posts`` + unlock; a list\n"
 "(grants left to deliver) and None (not handled) return with the file lock HELD.");
 
@@ -313,8 +305,8 @@ typedef struct {
 
 static PyObject *ff_release(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "release() takes 7 arguments");
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "release() takes 8 arguments");
         return NULL;
     }
     int fd = (int)PyLong_AsLong(args[1]);
@@ -322,9 +314,10 @@ static PyObject *ff_release(PyObject *self, PyObject *const *args, Py_ssize_t na
     unsigned long long proc = PyLong_AsUnsignedLongLong(args[3]);
     long long permits = PyLong_AsLongLong(args[4]);
     int abandoned = PyObject_IsTrue(args[5]);
+    double now = PyFloat_AsDouble(args[6]);  /* (monotonic) stamps the grants of a handoff */
     if (PyErr_Occurred())
         return NULL;
-    PyObject *posts = args[6];
+    PyObject *posts = args[7];
     if (!PyDict_Check(posts)) {
         PyErr_SetString(PyExc_TypeError, "posts must be a dict");
         return NULL;
@@ -399,7 +392,6 @@ static PyObject *ff_release(PyObject *self, PyObject *const *args, Py_ssize_t na
             return PyErr_NoMemory();
         }
     }
-    double now = monotonic_now();
     char *d = m + s.dst + SLOT_HDR;
     if (i)
         memmove(d, src, i * REC);

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from ..._core import deadlock
 from ..._core.owner import ThreadOwner, track_task_death, untrack_task_death
 from ..._errors import AcquireTimeout, BlockingCallInEventLoop, InvalidArgument, OverRelease, WouldBlock
+from ..._lease import RELEASED as _RELEASED
 from ..._lease import Lease
 from ..._spi import Channel, Statistics
 from ._paths import encode_name
@@ -145,6 +146,7 @@ class FileChannel(Channel):
         native = _native
         self._c_grant: Any = native.grant if native is not None else None
         self._c_release: Any = native.release if native is not None else None
+        self._c_wait: Any = native.wait if native is not None else None
         # (process, slot) -> (mailbox, offset, bound sem_post): the Waker's cache, which the C release
         # delivers through (the same dict object for the life of the process, cleared after a fork).
         self._posts = backend.waker._posts
@@ -496,8 +498,48 @@ class FileChannel(Channel):
             if not w.peers <= self._watched:
                 self._watch(w.peers)
             wid = w.wid
+            c_wait = self._c_wait
+            if c_wait is not None and type(ws) is SemSlot:
+                # The futex path in C (_fastfile.wait): the sleep, the mailbox check and the Lease of a
+                # grant, with no Python line between the wake-up and the return. The Lease is built
+                # before the sleep; it counts as released (nothing for __del__ to return) until filled.
+                granted: Lease = _new_lease(Lease)
+                granted._state = _RELEASED
+                granted._channel = self
+                granted.owner = owner
+                granted._site = w.site
+                granted.mode = w.mode
+                handle = ws.sem.handle
+                mbox = ws.mbox
+                off = ws.off
+                local = self._local
+                while True:
+                    got: Any
+                    if deadline is None:
+                        got = c_wait(handle, mbox, off, wid, None, w, granted, local, owner, w.mode)
+                    else:
+                        left = deadline - _monotonic()
+                        got = c_wait(handle, mbox, off, wid, left if left > 0 else 0.0, w, granted, local,
+                                     owner, w.mode)
+                    if got is not None and got is not False:  # the lease: granted
+                        return granted  # (w.done was set in C, before the lease was filled)
+                    if got is False:  # timed out
+                        if _monotonic() < deadline:  # type: ignore[operator]
+                            continue
+                        lease = self._cancel(w)
+                        if lease is None:
+                            raise AcquireTimeout(
+                                f"timed out after {timeout}s waiting for {w.permits} permit(s) of "
+                                f"{self.describe()}", name=self.name, permits=w.permits, timeout=timeout,
+                            )
+                        return lease
+                    # A refresh, or a stale post of an earlier wait on this slot: look at the state.
+                    lease = self._take_grant(w)
+                    if lease is not None:
+                        return lease
+                    self.rewatch()
             if type(ws) is SemSlot:
-                # The futex path, inlined: the woken thread reads its grant straight from its mailbox
+                # The futex path in Python, inlined: the woken thread reads its grant straight from its mailbox
                 # slot (no slice, no extra call): this runs right after a sleep, from cold caches.
                 sem_acquire = ws.sem.acquire
                 mbox = ws.mbox

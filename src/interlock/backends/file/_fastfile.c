@@ -7,10 +7,14 @@
  *   grant()    flock(LOCK_EX) + StateFile.grant_fast_locked + flock(LOCK_UN)       (_state.py)
  *   release()  flock(LOCK_EX) + StateFile.release_locked (full release: no waiter, or the FIFO handoff
  *              to the head waiters with their delivery through Waker._posts) + flock(LOCK_UN)
+ *   wait()     a blocked thread's futex wait and what follows it when the wake-up is its grant: the
+ *              SemSlot loop in FileChannel._wait_thread (SemLock.acquire, the mailbox check, the Lease)
  *
  * Why: an uncontended pair and a handoff are each one short locked transition of the state file. In
  * Python such a transition is ~40 lines at ~0.1-1 us each (the releaser of a handoff runs right after a
- * sleep, from cold caches); here it is a few hundred instructions between two flock calls.
+ * sleep, from cold caches); here it is a few hundred instructions between two flock calls. Likewise a
+ * woken grantee runs from cold caches: every line between its wake-up and the return of acquire() is
+ * handoff latency.
  *
  * Only the common cases are here. Anything else returns to Python WITH THE FILE LOCK STILL HELD, and
  * the caller runs the Python twin under it, which handles everything (a mapping to grow, a slot to
@@ -47,9 +51,11 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <semaphore.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/file.h>
+#include <time.h>
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
 #error "_fastfile assumes a little-endian host (the state file format is little endian)"
@@ -460,9 +466,140 @@ not_handled:
     Py_RETURN_NONE;  /* lock held */
 }
 
+
+/* -- wait ----------------------------------------------------------------------------------------- */
+
+static PyObject *s_done, *s_token, *s_permits, *s_acquired_at, *s_state, *s_prev_died, *zero;
+
+static double mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);  /* what time.monotonic() reads on Linux */
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* sem_wait with the GIL released; timeout < 0: forever. 1 posted, 0 timed out, -1 error (signal
+ * handler raised, as in SemLock.acquire). */
+static int sem_wait_gil(sem_t *sem, double timeout)
+{
+    if (sem_trywait(sem) == 0)
+        return 1;
+    if (timeout == 0.0)
+        return 0;
+    struct timespec abs;
+    if (timeout > 0) {
+        double dl = mono() + timeout;
+        abs.tv_sec = (time_t)dl;
+        abs.tv_nsec = (long)((dl - (double)abs.tv_sec) * 1e9);
+        if (abs.tv_nsec >= 1000000000L) { abs.tv_sec += 1; abs.tv_nsec -= 1000000000L; }
+    }
+    for (;;) {
+        int r, err;
+        Py_BEGIN_ALLOW_THREADS
+        r = timeout < 0 ? sem_wait(sem) : sem_clockwait(sem, CLOCK_MONOTONIC, &abs);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        if (r == 0)
+            return 1;
+        if (err == ETIMEDOUT)
+            return 0;
+        if (err != EINTR) {
+            errno = err;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (PyErr_CheckSignals() < 0)
+            return -1;
+    }
+}
+
+PyDoc_STRVAR(wait_doc,
+"wait(handle, mbox, off, wid, timeout, w, lease, local, owner, mode) -> lease | None | False\n\n"
+"Sleep on the semaphore ``handle`` (SemLock.handle; timeout None: forever). Posted with this wait's\n"
+"grant in mailbox slot ``off`` (its id ``wid`` first): mark ``w`` done, fill the pre-built ``lease``\n"
+"(token, permits, acquired_at, held, previous_owner_died), record it in ``local`` and return it.\n"
+"Posted with anything else: None (look at the state). Timed out: False.");
+
+static PyObject *ff_wait(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "wait() takes 10 arguments");
+        return NULL;
+    }
+    sem_t *sem = (sem_t *)PyLong_AsVoidPtr(args[0]);
+    Py_ssize_t off = PyLong_AsSsize_t(args[2]);
+    unsigned long long wid = PyLong_AsUnsignedLongLong(args[3]);
+    double timeout = args[4] == Py_None ? -1.0 : PyFloat_AsDouble(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (sem == NULL || !PyDict_Check(args[7])) {
+        PyErr_SetString(PyExc_TypeError, "wait(): bad semaphore handle or local dict");
+        return NULL;
+    }
+    if (timeout < 0 && args[4] != Py_None)
+        timeout = 0.0;
+    int got = sem_wait_gil(sem, timeout);
+    if (got < 0)
+        return NULL;
+    if (!got)
+        Py_RETURN_FALSE;
+    Py_buffer mb;
+    if (get_map(args[1], &mb) < 0)
+        return NULL;
+    if (off < 0 || off + GRANT_LEN > mb.len) {
+        PyBuffer_Release(&mb);
+        Py_RETURN_NONE;
+    }
+    const char *box = (const char *)mb.buf + off;
+    /* The waiter id first: it is written last (Waker.wake), so if it is ours the grant behind it is
+     * complete even if a stale post woke us while it was being written. */
+    uint64_t id = __atomic_load_n((const uint64_t *)box, __ATOMIC_ACQUIRE);
+    if (id != wid) {
+        PyBuffer_Release(&mb);
+        Py_RETURN_NONE;
+    }
+    uint64_t token = ld_u64(box + 8);
+    int64_t permits = ld_i64(box + 16);
+    unsigned char mode = (unsigned char)box[24];
+    PyBuffer_Release(&mb);
+    /* The mailbox holds this wait's grant (its unique id): no second look at the state, no lock. Only
+     * this process can release it from here on. */
+    PyObject *w = args[5], *lease = args[6], *local = args[7], *owner = args[8], *mode_s = args[9];
+    if (PyObject_SetAttr(w, s_done, Py_True) < 0)
+        return NULL;
+    PyObject *tok = PyLong_FromUnsignedLongLong(token);
+    PyObject *perm = PyLong_FromLongLong(permits);
+    double at_d = mono();
+    PyObject *at = PyFloat_FromDouble(at_d);
+    PyObject *rec = NULL;
+    if (tok == NULL || perm == NULL || at == NULL)
+        goto fail;
+    if (PyObject_SetAttr(lease, s_token, tok) < 0 || PyObject_SetAttr(lease, s_permits, perm) < 0
+        || PyObject_SetAttr(lease, s_acquired_at, at) < 0 || PyObject_SetAttr(lease, s_state, zero) < 0)
+        goto fail;
+    if ((mode & PREV_DIED) && PyObject_SetAttr(lease, s_prev_died, Py_True) < 0)
+        goto fail;
+    rec = PyTuple_Pack(4, owner, perm, mode_s, at);
+    if (rec == NULL || PyDict_SetItem(local, tok, rec) < 0)
+        goto fail;
+    Py_DECREF(rec);
+    Py_DECREF(tok);
+    Py_DECREF(perm);
+    Py_DECREF(at);
+    Py_INCREF(lease);
+    return lease;
+fail:
+    Py_XDECREF(rec);
+    Py_XDECREF(tok);
+    Py_XDECREF(perm);
+    Py_XDECREF(at);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"grant", (PyCFunction)(void (*)(void))ff_grant, METH_FASTCALL, grant_doc},
     {"release", (PyCFunction)(void (*)(void))ff_release, METH_FASTCALL, release_doc},
+    {"wait", (PyCFunction)(void (*)(void))ff_wait, METH_FASTCALL, wait_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -477,6 +614,15 @@ PyMODINIT_FUNC PyInit__fastfile(void)
     PyErr_SetString(PyExc_ImportError, "_fastfile is not built for free-threaded Python");
     return NULL;
 #else
+    s_done = PyUnicode_InternFromString("done");
+    s_token = PyUnicode_InternFromString("token");
+    s_permits = PyUnicode_InternFromString("permits");
+    s_acquired_at = PyUnicode_InternFromString("acquired_at");
+    s_state = PyUnicode_InternFromString("_state");
+    s_prev_died = PyUnicode_InternFromString("previous_owner_died");
+    zero = PyLong_FromLong(0);  /* Lease._state HELD */
+    if (!s_done || !s_token || !s_permits || !s_acquired_at || !s_state || !s_prev_died || !zero)
+        return NULL;
     return PyModule_Create(&module);
 #endif
 }

@@ -9,3 +9,7 @@ def release(
     m: mmap.mmap, fd: int, token: int, proc: int, permits: int, abandoned: bool, now: float,
     posts: dict[tuple[int, int], Any], /
 ) -> bool | list[tuple[int, int, bytes]] | None: ...
+def wait(
+    handle: int, mbox: mmap.mmap, off: int, wid: int, timeout: float | None, w: Any, lease: Any,
+    local: dict[int, Any], owner: Any, mode: str, /
+) -> Any: ...

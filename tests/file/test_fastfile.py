@@ -79,13 +79,20 @@ class Pair:
         self.same()
         return r
 
-    def enqueue(self, permits: int, proc: int, wid: int, sock: int) -> None:
-        for sf in (self.c, self.py):
-            sf.lock()
-            try:
-                sf.enqueue_locked(permits, proc, wid, sock, MODES["permits"], LABEL, 2.5)
-            finally:
-                sf.unlock()
+    def enqueue(self, permits: int, proc: int, wid: int, sock: int, label: bytes = LABEL) -> None:
+        self.c.lock()
+        try:
+            r = ff.enqueue(self.c.m, permits, proc, wid, sock, MODES["permits"], label, 2.5)
+            if r is None:  # not handled: the slot must grow
+                r = self.c.enqueue_locked(permits, proc, wid, sock, MODES["permits"], label, 2.5)
+        finally:
+            self.c.unlock()
+        self.py.lock()
+        try:
+            expect = self.py.enqueue_locked(permits, proc, wid, sock, MODES["permits"], label, 2.5)
+        finally:
+            self.py.unlock()
+        assert r == expect
         self.same()
 
     def release(self, token: int, proc: int, permits: int, abandoned: bool = False,
@@ -140,7 +147,7 @@ def test_handoff_grants_the_fitting_head_waiters_in_fifo_order(pair: Pair) -> No
     t = pair.grant(5, True, P1)[0]
     pair.enqueue(2, P2, 7, 0x80000003)
     pair.enqueue(2, P3, 8, 0x80000004)
-    pair.enqueue(3, P2, 9, 5)  # does not fit after the first two: stays queued
+    pair.enqueue(3, P2, 9, 5, LONG_LABEL)  # does not fit after the first two: stays queued
     assert pair.grant(1, True, P3) is None  # fair: others queue
     assert pair.grant(1, False, P3) is None  # barging, but no room either
     r, found, wakes = pair.release(t, P1, 5, posts={})
@@ -188,11 +195,14 @@ def test_partial_release_is_left_to_python_unchanged(pair: Pair) -> None:
 
 
 def test_growing_past_a_page_goes_through_python_and_back(tmp_path: Path) -> None:
-    p = Pair(tmp_path, "semaphore", 200)
+    p = Pair(tmp_path, "semaphore", 120)  # full after the 120 grants below
     tokens = [p.grant(1, True, P1 + i)[0] for i in range(120)]  # 120 x 80 bytes > one page per slot
     assert os.fstat(p.c.fd).st_size > 3 * 4096
-    for i, t in enumerate(tokens[::3]):
-        assert p.release(t, P1 + 3 * i, 1)[:2] == (True, True)
+    for i in range(60):  # and a queue that grows the slots again
+        p.enqueue(1, P3, 1000 + i, i)
+    for i, t in enumerate(tokens[::3]):  # each release hands its permit to the head waiter
+        r, found, wakes = p.release(t, P1 + 3 * i, 1)
+        assert found and r == wakes and len(wakes) == 1
 
 
 def test_a_file_grown_by_another_process_is_remapped_by_python(pair: Pair, tmp_path: Path) -> None:

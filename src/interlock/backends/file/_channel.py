@@ -147,6 +147,7 @@ class FileChannel(Channel):
         self._c_grant: Any = native.grant if native is not None else None
         self._c_release: Any = native.release if native is not None else None
         self._c_wait: Any = native.wait if native is not None else None
+        self._c_enqueue: Any = native.enqueue if native is not None else None
         # (process, slot) -> (mailbox, offset, bound sem_post): the Waker's cache, which the C release
         # delivers through (the same dict object for the life of the process, cleared after a fork).
         self._posts = backend.waker._posts
@@ -317,8 +318,12 @@ class FileChannel(Channel):
                         slot = self.backend.take_slot()
                         w = Wait(self, permits, mode, owner, site, slot.n)
                         w.slot = slot
-                        w.ticket, peers = sf.enqueue_locked(permits, proc, w.wid, slot.n, MODES[mode], label,
-                                                            now)
+                        c_enqueue = self._c_enqueue
+                        q = (c_enqueue(sf.m, permits, proc, w.wid, slot.n, MODES[mode], label, now)
+                             if c_enqueue is not None else None)
+                        if q is None:
+                            q = sf.enqueue_locked(permits, proc, w.wid, slot.n, MODES[mode], label, now)
+                        w.ticket, peers = q
                         self._waits[w.wid] = w
                 finally:
                     _flock(fd, _LOCK_UN)
@@ -403,7 +408,12 @@ class FileChannel(Channel):
                             return None
                         w.slot = get_slot()
                         w.sock = w.slot.n
-                    w.ticket, peers = sf.enqueue_locked(w.permits, proc, w.wid, w.sock, mode, label, now)
+                    c_enqueue = self._c_enqueue
+                    q = (c_enqueue(sf.m, w.permits, proc, w.wid, w.sock, mode, label, now)
+                         if c_enqueue is not None else None)
+                    if q is None:
+                        q = sf.enqueue_locked(w.permits, proc, w.wid, w.sock, mode, label, now)
+                    w.ticket, peers = q
                     self._waits[w.wid] = w
             finally:
                 sf.unlock()

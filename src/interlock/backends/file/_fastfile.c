@@ -7,6 +7,7 @@
  *   grant()    flock(LOCK_EX) + StateFile.grant_fast_locked + flock(LOCK_UN)       (_state.py)
  *   release()  flock(LOCK_EX) + StateFile.release_locked (full release: no waiter, or the FIFO handoff
  *              to the head waiters with their delivery through Waker._posts) + flock(LOCK_UN)
+ *   enqueue()  StateFile.enqueue_locked (called with the lock held after grant() returned None)
  *   wait()     a blocked thread's futex wait and what follows it when the wake-up is its grant: the
  *              SemSlot loop in FileChannel._wait_thread (SemLock.acquire, the mailbox check, the Lease)
  *
@@ -467,6 +468,91 @@ not_handled:
 }
 
 
+/* -- enqueue -------------------------------------------------------------------------------------- */
+
+PyDoc_STRVAR(enqueue_doc,
+"enqueue(m, permits, proc, wid, slot, mode, label, now) -> (ticket, processes) | None\n\n"
+"StateFile.enqueue_locked, called with the file lock held (after grant() returned None) and leaving it\n"
+"held: append a waiter record; the processes named in the state are returned for the death watch.\n"
+"None: not handled (the inactive slot must grow): the Python twin does it.");
+
+static PyObject *ff_enqueue(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "enqueue() takes 8 arguments");
+        return NULL;
+    }
+    long long permits = PyLong_AsLongLong(args[1]);
+    unsigned long long proc = PyLong_AsUnsignedLongLong(args[2]);
+    unsigned long long wid = PyLong_AsUnsignedLongLong(args[3]);
+    unsigned long slot = PyLong_AsUnsignedLong(args[4]);
+    long mode = PyLong_AsLong(args[5]);
+    double now = PyFloat_AsDouble(args[7]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!PyBytes_Check(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "label must be bytes");
+        return NULL;
+    }
+    const char *label = PyBytes_AS_STRING(args[6]);
+    Py_ssize_t llen = PyBytes_GET_SIZE(args[6]);
+    if (llen > LABEL_LEN)
+        llen = LABEL_LEN;
+    Py_buffer view;
+    if (get_map(args[0], &view) < 0)
+        return NULL;
+    char *m = (char *)view.buf;
+    slot_t s;
+    uint64_t n;
+    if (read_slot(m, view.len, &s) < 0
+        || s.dsize < SLOT_HDR + (n = ((uint64_t)s.nh + s.nw) * REC) + REC) {
+        PyBuffer_Release(&view);
+        Py_RETURN_NONE;
+    }
+    const char *src = m + s.off + SLOT_HDR;
+    PyObject *procs = PySet_New(NULL);
+    if (procs == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    for (uint64_t i = 0; i < n; i += REC) {
+        PyObject *p = PyLong_FromUnsignedLongLong(ld_u64(src + i + 8));
+        if (p == NULL || PySet_Add(procs, p) < 0) {
+            Py_XDECREF(p);
+            Py_DECREF(procs);
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        Py_DECREF(p);
+    }
+    PyObject *ticket = PyLong_FromUnsignedLongLong(s.ticket);
+    PyObject *res = ticket == NULL ? NULL : PyTuple_Pack(2, ticket, procs);
+    Py_XDECREF(ticket);
+    Py_DECREF(procs);
+    if (res == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    /* Nothing can fail from here: write the new state and commit it. */
+    char *d = m + s.dst + SLOT_HDR;
+    if (n)
+        memmove(d, src, n);
+    char *r = d + n;
+    st_u64(r, s.ticket);
+    st_u64(r + 8, proc);
+    st_u64(r + 16, wid);
+    st_i64(r + 24, permits);
+    st_f64(r + 32, now);
+    st_u32(r + 40, (uint32_t)slot);
+    r[44] = (char)(mode & 0xFF);
+    memcpy(r + 45, label, (size_t)llen);
+    memset(r + 45 + llen, 0, (size_t)(LABEL_LEN - llen));
+    write_hdr(m + s.dst, s.cap, s.avail, s.last, s.ticket + 1, s.nh, s.nw + 1, s.flags, s.epoch);
+    commit(m, s.sel);
+    PyBuffer_Release(&view);
+    return res;
+}
+
 /* -- wait ----------------------------------------------------------------------------------------- */
 
 static PyObject *s_done, *s_token, *s_permits, *s_acquired_at, *s_state, *s_prev_died, *zero;
@@ -600,6 +686,7 @@ static PyMethodDef methods[] = {
     {"grant", (PyCFunction)(void (*)(void))ff_grant, METH_FASTCALL, grant_doc},
     {"release", (PyCFunction)(void (*)(void))ff_release, METH_FASTCALL, release_doc},
     {"wait", (PyCFunction)(void (*)(void))ff_wait, METH_FASTCALL, wait_doc},
+    {"enqueue", (PyCFunction)(void (*)(void))ff_enqueue, METH_FASTCALL, enqueue_doc},
     {NULL, NULL, 0, NULL},
 };
 

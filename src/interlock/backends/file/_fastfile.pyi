@@ -13,3 +13,6 @@ def wait(
     handle: int, mbox: mmap.mmap, off: int, wid: int, timeout: float | None, w: Any, lease: Any,
     local: dict[int, Any], owner: Any, mode: str, /
 ) -> Any: ...
+def enqueue(
+    m: mmap.mmap, permits: int, proc: int, wid: int, slot: int, mode: int, label: bytes, now: float, /
+) -> tuple[int, set[int]] | None: ...

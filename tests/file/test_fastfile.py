@@ -268,29 +268,42 @@ def test_the_url_fixture_runs_the_twin_it_names(url: str, request: pytest.Fixtur
 
 def test_wait_returns_the_grant_of_its_own_waiter_id_only() -> None:
     """wait(): timeout -> False; a post for another (stale) waiter id -> None (look at the state); a post
-    for its id -> the pre-built lease filled, the wait marked done and the grant recorded."""
+    for its id -> the pre-built lease filled, the wait marked done, the grant recorded and the wait ended
+    (waits, wait-for graph, slot back to the pool); neither of the others ends the wait."""
     import _multiprocessing
+    import threading
 
     from interlock._lease import HELD, RELEASED, Lease
 
     name = f"/interlock-test-{os.getpid()}"
     sem = _multiprocessing.SemLock(1, 0, 1 << 30, name, True)
     box = mmap.mmap(-1, 4096)
+    slot = object()
 
     class W:
         done = False
+        slot: object = None
 
     w, local, owner = W(), {}, object()
+    w.slot = slot
+    waits: dict[int, Any] = {7: w}
+    pool: list[Any] = []
+    graph_lock = threading.Lock()
+    graph: dict[Any, Any] = {owner: ("ch", w), "other": ("ch", None)}
     lease = Lease.__new__(Lease)
     lease._state = RELEASED
-    args = (sem.handle, box, 32, 7, 0.01, w, lease, local, owner, "permits")
+    args = (sem.handle, box, 32, 7, 0.01, w, lease, local, owner, "permits", waits, pool, slot, graph_lock, graph)
     assert ff.wait(*args) is False
     box[32:32 + GRANT.size] = GRANT.pack(6, 99, 2, 0)  # a stale grant of an earlier waiter on this slot
     sem.release()
-    assert ff.wait(*args) is None and not w.done and not local
+    assert ff.wait(*args) is None
+    assert not w.done and not local and waits == {7: w} and not pool and w.slot is slot and owner in graph
     box[32:32 + GRANT.size] = GRANT.pack(7, 100, 2, MODES["permits"] | PREV_DIED)
     sem.release()
     assert ff.wait(*args) is lease
-    assert w.done and lease._state == HELD and lease.token == 100 and lease.permits == 2 and lease.previous_owner_died
+    assert w.done and lease._state == HELD and lease.token == 100 and lease.permits == 2
+    assert lease.previous_owner_died
     assert local == {100: (owner, 2, "permits", lease.acquired_at)}
+    assert waits == {} and pool == [slot] and w.slot is None and list(graph) == ["other"]
+    assert not graph_lock.locked()
     lease._state = RELEASED  # (nothing to return: no channel behind it)

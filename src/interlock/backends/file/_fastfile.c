@@ -555,7 +555,7 @@ static PyObject *ff_enqueue(PyObject *self, PyObject *const *args, Py_ssize_t na
 
 /* -- wait ----------------------------------------------------------------------------------------- */
 
-static PyObject *s_done, *s_token, *s_permits, *s_acquired_at, *s_state, *s_prev_died, *zero;
+static PyObject *s_slot, *s_acquire, *s_release, *s_done, *s_token, *s_permits, *s_acquired_at, *s_state, *s_prev_died, *zero;
 
 static double mono(void)
 {
@@ -600,16 +600,20 @@ static int sem_wait_gil(sem_t *sem, double timeout)
 }
 
 PyDoc_STRVAR(wait_doc,
-"wait(handle, mbox, off, wid, timeout, w, lease, local, owner, mode) -> lease | None | False\n\n"
+"wait(handle, mbox, off, wid, timeout, w, lease, local, owner, mode, waits, pool, slot, graph_lock,\n"
+"     graph) -> lease | None | False\n\n"
 "Sleep on the semaphore ``handle`` (SemLock.handle; timeout None: forever). Posted with this wait's\n"
 "grant in mailbox slot ``off`` (its id ``wid`` first): mark ``w`` done, fill the pre-built ``lease``\n"
-"(token, permits, acquired_at, held, previous_owner_died), record it in ``local`` and return it.\n"
-"Posted with anything else: None (look at the state). Timed out: False.");
+"(token, permits, acquired_at, held, previous_owner_died), record it in ``local``, end the wait (drop\n"
+"``wid`` from ``waits``; with ``graph_lock``, drop ``owner`` from the wait-for graph ``graph`` as\n"
+"deadlock.leave_wait does; set ``w.slot`` to None and put ``slot`` back into ``pool``, last) and\n"
+"return the lease.\n"
+"Posted with anything else: None (look at the state). Timed out: False. Neither ends the wait.");
 
 static PyObject *ff_wait(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 10) {
-        PyErr_SetString(PyExc_TypeError, "wait() takes 10 arguments");
+    if (nargs != 15) {
+        PyErr_SetString(PyExc_TypeError, "wait() takes 15 arguments");
         return NULL;
     }
     sem_t *sem = (sem_t *)PyLong_AsVoidPtr(args[0]);
@@ -618,7 +622,8 @@ static PyObject *ff_wait(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     double timeout = args[4] == Py_None ? -1.0 : PyFloat_AsDouble(args[4]);
     if (PyErr_Occurred())
         return NULL;
-    if (sem == NULL || !PyDict_Check(args[7])) {
+    if (sem == NULL || !PyDict_Check(args[7]) || !PyDict_Check(args[10]) || !PyList_Check(args[11])
+        || (args[13] != Py_None && !PyDict_Check(args[14]))) {
         PyErr_SetString(PyExc_TypeError, "wait(): bad semaphore handle or local dict");
         return NULL;
     }
@@ -668,10 +673,42 @@ static PyObject *ff_wait(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     rec = PyTuple_Pack(4, owner, perm, mode_s, at);
     if (rec == NULL || PyDict_SetItem(local, tok, rec) < 0)
         goto fail;
-    Py_DECREF(rec);
-    Py_DECREF(tok);
-    Py_DECREF(perm);
-    Py_DECREF(at);
+    Py_CLEAR(rec);
+    Py_CLEAR(tok);
+    Py_CLEAR(perm);
+    Py_CLEAR(at);
+    /* End the wait here, not in Python lines after the wake-up (see _wait_native). */
+    if (PyDict_DelItem(args[10], args[3]) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_KeyError))
+            return NULL;
+        PyErr_Clear();
+    }
+    if (args[13] != Py_None) {
+        PyObject *r = PyObject_CallMethodNoArgs(args[13], s_acquire);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+        int e = PyDict_DelItem(args[14], owner);
+        if (e < 0) {
+            if (PyErr_ExceptionMatches(PyExc_KeyError))
+                PyErr_Clear();
+        }
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        r = PyObject_CallMethodNoArgs(args[13], s_release);
+        if (et != NULL) {
+            Py_XDECREF(r);
+            PyErr_Restore(et, ev, tb);
+            return NULL;
+        }
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+    }
+    /* Last, the slot back to the pool, marked as such first (w.slot = None: see _end_wait); nothing
+     * can fail after it is pooled, where another thread may take it. */
+    if (PyObject_SetAttr(w, s_slot, Py_None) < 0 || PyList_Append(args[11], args[12]) < 0)
+        return NULL;
     Py_INCREF(lease);
     return lease;
 fail:
@@ -701,6 +738,9 @@ PyMODINIT_FUNC PyInit__fastfile(void)
     PyErr_SetString(PyExc_ImportError, "_fastfile is not built for free-threaded Python");
     return NULL;
 #else
+    s_slot = PyUnicode_InternFromString("slot");
+    s_acquire = PyUnicode_InternFromString("acquire");
+    s_release = PyUnicode_InternFromString("release");
     s_done = PyUnicode_InternFromString("done");
     s_token = PyUnicode_InternFromString("token");
     s_permits = PyUnicode_InternFromString("permits");
@@ -708,7 +748,7 @@ PyMODINIT_FUNC PyInit__fastfile(void)
     s_state = PyUnicode_InternFromString("_state");
     s_prev_died = PyUnicode_InternFromString("previous_owner_died");
     zero = PyLong_FromLong(0);  /* Lease._state HELD */
-    if (!s_done || !s_token || !s_permits || !s_acquired_at || !s_state || !s_prev_died || !zero)
+    if (!s_slot || !s_acquire || !s_release || !s_done || !s_token || !s_permits || !s_acquired_at || !s_state || !s_prev_died || !zero)
         return NULL;
     return PyModule_Create(&module);
 #endif

@@ -11,7 +11,8 @@ def release(
 ) -> bool | list[tuple[int, int, bytes]] | None: ...
 def wait(
     handle: int, mbox: mmap.mmap, off: int, wid: int, timeout: float | None, w: Any, lease: Any,
-    local: dict[int, Any], owner: Any, mode: str, /
+    local: dict[int, Any], owner: Any, mode: str, waits: dict[int, Any], pool: list[Any], slot: Any,
+    graph_lock: Any, graph: dict[Any, Any], /
 ) -> Any: ...
 def enqueue(
     m: mmap.mmap, permits: int, proc: int, wid: int, slot: int, mode: int, label: bytes, now: float, /

@@ -307,3 +307,23 @@ def test_wait_returns_the_grant_of_its_own_waiter_id_only() -> None:
     assert waits == {} and pool == [slot] and w.slot is None and list(graph) == ["other"]
     assert not graph_lock.locked()
     lease._state = RELEASED  # (nothing to return: no channel behind it)
+
+
+def test_release_without_a_time_reads_the_monotonic_clock_for_the_grants(pair: Pair) -> None:
+    import time
+
+    from interlock.backends.file._state import Record
+
+    t = pair.grant(1, True, P1)[0]
+    pair.enqueue(1, P2, 7, 0x80000001)
+    before = time.monotonic()
+    r = ff.release(pair.c.m, pair.c.fd, t, P1, 1, False, None, {})
+    pair.c.unlock()
+    assert isinstance(r, list) and len(r) == 1
+    pair.c.lock()
+    try:
+        (holder,) = pair.c.snapshot_locked().holders
+    finally:
+        pair.c.unlock()
+    assert isinstance(holder, Record) and holder.key == t + 1
+    assert before <= holder.since <= time.monotonic()

@@ -849,13 +849,14 @@ class FileChannel(Channel):
                 self._local[token] = (rec[0], rec[1] - permits, rec[2], rec[3])
             sf = self._sf
             assert sf is not None
-            fd = sf.fd
             c_release = self._c_release
             # The C twin: True/False = done (unlocked); a list = grants left to deliver, None = not
-            # handled (both with the file lock held).
-            r = (c_release(sf.m, fd, token, self._proc, permits, abandoned, _monotonic(), self._posts)
+            # handled (both with the file lock held). (Few lines here: a releaser's lines before its
+            # wake-up post are handoff latency.)
+            r = (c_release(sf.m, sf.fd, token, self._proc, permits, abandoned, None, self._posts)
                  if c_release is not None else None)
-            if r is None or r.__class__ is list:
+            if r is not True and (r is None or r.__class__ is list):
+                fd = sf.fd
                 if c_release is None:
                     _flock(fd, _LOCK_EX)
                 try:

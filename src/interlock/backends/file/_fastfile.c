@@ -69,6 +69,8 @@
 #define PREV_DIED 0x80
 #define F_PREV_DIED 1u
 
+static double mono(void);
+
 /* -- helpers ------------------------------------------------------------------------------------ */
 
 static inline uint64_t ld_u64(const char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
@@ -300,6 +302,7 @@ static int deliver(PyObject *posts, uint64_t proc, uint32_t slot, const char pay
 
 PyDoc_STRVAR(release_doc,
 "release(m, fd, token, proc, permits, abandoned, now, posts) -> True | False | list | None\n\n"
+"(now: the monotonic time that stamps the grants of a handoff, None: read the clock if needed)\n"
 "flock + StateFile.release_locked (full release) with delivery through ``posts`` + unlock; a list\n"
 "(grants left to deliver) and None (not handled) return with the file lock HELD.");
 
@@ -321,7 +324,8 @@ static PyObject *ff_release(PyObject *self, PyObject *const *args, Py_ssize_t na
     unsigned long long proc = PyLong_AsUnsignedLongLong(args[3]);
     long long permits = PyLong_AsLongLong(args[4]);
     int abandoned = PyObject_IsTrue(args[5]);
-    double now = PyFloat_AsDouble(args[6]);  /* (monotonic) stamps the grants of a handoff */
+    /* (monotonic) stamps the grants of a handoff; None: read the clock here, only if there is one */
+    double now = args[6] == Py_None ? -1.0 : PyFloat_AsDouble(args[6]);
     if (PyErr_Occurred())
         return NULL;
     PyObject *posts = args[7];
@@ -399,6 +403,8 @@ static PyObject *ff_release(PyObject *self, PyObject *const *args, Py_ssize_t na
             return PyErr_NoMemory();
         }
     }
+    if (args[6] == Py_None)
+        now = mono();
     char *d = m + s.dst + SLOT_HDR;
     if (i)
         memmove(d, src, i * REC);

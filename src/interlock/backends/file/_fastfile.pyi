@@ -6,7 +6,7 @@ def grant(
     m: mmap.mmap, fd: int, permits: int, fair: bool, proc: int, mode: int, label: bytes, now: float, /
 ) -> tuple[int, bool, int] | bool | None: ...
 def release(
-    m: mmap.mmap, fd: int, token: int, proc: int, permits: int, abandoned: bool, now: float,
+    m: mmap.mmap, fd: int, token: int, proc: int, permits: int, abandoned: bool, now: float | None,
     posts: dict[tuple[int, int], Any], /
 ) -> bool | list[tuple[int, int, bytes]] | None: ...
 def wait(

@@ -327,3 +327,11 @@ def test_release_without_a_time_reads_the_monotonic_clock_for_the_grants(pair: P
         pair.c.unlock()
     assert isinstance(holder, Record) and holder.key == t + 1
     assert before <= holder.since <= time.monotonic()
+
+
+def test_accelerated_reports_the_twin_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    from interlock.backends.file import _channel, accelerated
+
+    assert accelerated()  # (this module is skipped where the C twin is not built)
+    monkeypatch.setattr(_channel, "_native", None)
+    assert not accelerated()

@@ -13,6 +13,11 @@ the queue inside the same state update (direct handoff: no barging, no thunderin
 datagram to each waiter granted. A woken waiter re-reads the state under the lock: a datagram only
 means "look again", so a stray or forged one costs a look, never a wrong grant.
 
+The hot transitions (an uncontended grant, joining the queue, a full release and its handoff, a
+blocked thread's futex wait up to its Lease) go through the C twin ``_fastfile`` when it is built (see
+``_load_native``); each C call either completes its transition or hands it back, file lock held, to the
+Python twin.
+
 Both the blocking and the async paths are thin drivers around the same locked operations
 (``_grant_or_enqueue``, ``_take_grant``, ``_cancel``, ``_abandon_wait``); only how they sleep differs.
 """

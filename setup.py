@@ -1,8 +1,10 @@
-"""Build hook: the optional native accelerator of the memory:// fast path.
+"""Build hook: the optional native accelerators (the memory:// fast path, and the file:// backend's
+hot state transitions).
 
-Everything else is configured in pyproject.toml. ``optional=True``: where the C extension cannot be
+Everything else is configured in pyproject.toml. ``optional=True``: where a C extension cannot be
 built (no compiler, no Python headers, a free-threaded build), the install still succeeds and interlock
-uses its pure-Python twin of the same code (see ``interlock.backends.memory.accelerated()``).
+uses the pure-Python twin of the same code (see ``interlock.backends.memory.accelerated()`` and
+``interlock.backends.file.accelerated()``).
 """
 
 from setuptools import Extension, setup
@@ -13,6 +15,11 @@ setup(
             "interlock._speedups",
             sources=["src/interlock/_speedups.c"],
             optional=True,
-        )
+        ),
+        Extension(
+            "interlock.backends.file._fastfile",
+            sources=["src/interlock/backends/file/_fastfile.c"],
+            optional=True,
+        ),
     ]
 )

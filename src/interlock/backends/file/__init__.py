@@ -10,4 +10,15 @@ processes. See docs/file-backend.md for the mechanism, recovery time and what it
 
 from ._backend import FileBackend
 
-__all__ = ["FileBackend"]
+
+def accelerated() -> bool:
+    """True when the native twin of the hot state transitions (``_fastfile``, an optional C extension)
+    is built and in use by channels created from now on. ``INTERLOCK_FILE_NATIVE=0`` in the environment
+    selects the pure-Python twin; both are tested and share the file format, so processes using either
+    can share a directory."""
+    from . import _channel
+
+    return _channel._native is not None
+
+
+__all__ = ["FileBackend", "accelerated"]

@@ -13,6 +13,11 @@ the queue inside the same state update (direct handoff: no barging, no thunderin
 datagram to each waiter granted. A woken waiter re-reads the state under the lock: a datagram only
 means "look again", so a stray or forged one costs a look, never a wrong grant.
 
+The hot transitions (an uncontended grant, joining the queue, a full release and its handoff, a
+blocked thread's futex wait up to its Lease) go through the C twin ``_fastfile`` when it is built (see
+``_load_native``); each C call either completes its transition or hands it back, file lock held, to the
+Python twin.
+
 Both the blocking and the async paths are thin drivers around the same locked operations
 (``_grant_or_enqueue``, ``_take_grant``, ``_cancel``, ``_abandon_wait``); only how they sleep differs.
 """
@@ -23,6 +28,7 @@ import _thread
 import asyncio
 import fcntl
 import itertools
+import os
 import struct
 import time
 import weakref
@@ -32,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from ..._core import deadlock
 from ..._core.owner import ThreadOwner, track_task_death, untrack_task_death
 from ..._errors import AcquireTimeout, BlockingCallInEventLoop, InvalidArgument, OverRelease, WouldBlock
+from ..._lease import RELEASED as _RELEASED
 from ..._lease import Lease
 from ..._spi import Channel, Statistics
 from ._paths import encode_name
@@ -55,6 +62,22 @@ _ID_UNPACK_FROM = struct.Struct("<Q").unpack_from  # a mailbox grant: waiter id,
 _BODY_UNPACK_FROM = struct.Struct("<QqB").unpack_from
 
 _labels: dict[str, bytes] = {}
+
+
+def _load_native() -> Any:
+    """The C twin of the hot state transitions (``_fastfile.c``: an uncontended grant, a full release
+    and its handoff), or None where it is not built or ``INTERLOCK_FILE_NATIVE=0`` selects the
+    pure-Python twin (``StateFile.grant_fast_locked`` / ``release_locked``, always used for the rest)."""
+    if os.environ.get("INTERLOCK_FILE_NATIVE", "1") == "0":
+        return None
+    try:
+        from . import _fastfile
+    except ImportError:
+        return None
+    return _fastfile
+
+
+_native = _load_native()  # read by each channel when it is created (tests switch it per backend)
 
 
 def _label(owner: Any) -> bytes:
@@ -123,6 +146,16 @@ class FileChannel(Channel):
         # The queued waits of this process (wid -> Wait), to poke them when a peer dies.
         self._waits: dict[int, Wait] = {}
         self._deliver = backend.waker.wake  # bound once: the release path passes it on every call
+        # The C twins (None: the pure-Python path). They take and drop the file lock themselves, and
+        # return with it still held when they leave the transition to Python (see _fastfile.c).
+        native = _native
+        self._c_grant: Any = native.grant if native is not None else None
+        self._c_release: Any = native.release if native is not None else None
+        self._c_wait: Any = native.wait if native is not None else None
+        self._c_enqueue: Any = native.enqueue if native is not None else None
+        # (process, slot) -> (mailbox, offset, bound sem_post): the Waker's cache, which the C release
+        # delivers through (the same dict object for the life of the process, cleared after a fork).
+        self._posts = backend.waker._posts
         self._label_cache: tuple[Any, bytes] = (None, b"")
         self._watched: set[int] = set()  # peers registered with the death watcher for this channel
         self._sf = self._open_file()
@@ -166,7 +199,7 @@ class FileChannel(Channel):
         """Deliver grants. Always called with the file lock held, right after the commit: a waiter can
         then observe its grant (in the state, or in its mailbox) only once the delivery is complete, so
         no delivery can land in a wake-up slot after its waiter moved on."""
-        wake = self.backend.waker.wake
+        wake = self._deliver
         for proc, n, payload in wakes:
             wake(proc, n, payload)
 
@@ -195,13 +228,20 @@ class FileChannel(Channel):
             if sf is None or not self._proc:
                 sf = self._state()
             fd = sf.fd
-            _flock(fd, _LOCK_EX)
-            try:
-                r = sf.grant_fast_locked(permits, fair, self._proc, MODES[mode], label, _monotonic())
-            finally:
-                _flock(fd, _LOCK_UN)
-            if r is None:
-                return None
+            c_grant = self._c_grant
+            r: Any = (c_grant(sf.m, fd, permits, fair, self._proc, MODES[mode], label, _monotonic())
+                      if c_grant is not None else False)
+            if r.__class__ is not tuple:
+                # None: no room, False: not handled by C (or no C); the file lock is held unless no C.
+                if c_grant is None:
+                    _flock(fd, _LOCK_EX)
+                try:
+                    if r is False:
+                        r = sf.grant_fast_locked(permits, fair, self._proc, MODES[mode], label, _monotonic())
+                finally:
+                    _flock(fd, _LOCK_UN)
+                if r is None:
+                    return None
             lease = _new_lease(Lease)
             lease._channel = self
             lease.token = token = r[0]
@@ -262,24 +302,36 @@ class FileChannel(Channel):
                 sf = self._state()
             proc = self._proc
             fd = sf.fd
-            _flock(fd, _LOCK_EX)
-            try:
-                now = _monotonic()
-                r = sf.grant_fast_locked(permits, fair, proc, MODES[mode], label, now)
-                if r is None:
-                    if _get_running_loop() is not None:
-                        raise BlockingCallInEventLoop(
-                            f"blocking acquire of {self.describe()} on a thread whose event loop is running "
-                            "would deadlock it; use 'async with' or 'await acquire_async()' instead",
-                            name=self.name,
-                        )
-                    slot = self.backend.take_slot()
-                    w = Wait(self, permits, mode, owner, site, slot.n)
-                    w.slot = slot
-                    w.ticket, peers = sf.enqueue_locked(permits, proc, w.wid, slot.n, MODES[mode], label, now)
-                    self._waits[w.wid] = w
-            finally:
-                _flock(fd, _LOCK_UN)
+            now = _monotonic()
+            c_grant = self._c_grant
+            r: Any = (c_grant(sf.m, fd, permits, fair, proc, MODES[mode], label, now)
+                      if c_grant is not None else False)
+            if r.__class__ is not tuple:
+                # None: no room, False: not handled by C (or no C); the file lock is held unless no C.
+                if c_grant is None:
+                    _flock(fd, _LOCK_EX)
+                try:
+                    if r is False:
+                        r = sf.grant_fast_locked(permits, fair, proc, MODES[mode], label, now)
+                    if r is None:
+                        if _get_running_loop() is not None:
+                            raise BlockingCallInEventLoop(
+                                f"blocking acquire of {self.describe()} on a thread whose event loop is "
+                                "running would deadlock it; use 'async with' or 'await acquire_async()' "
+                                "instead", name=self.name,
+                            )
+                        slot = self.backend.take_slot()
+                        w = Wait(self, permits, mode, owner, site, slot.n)
+                        w.slot = slot
+                        c_enqueue = self._c_enqueue
+                        q = (c_enqueue(sf.m, permits, proc, w.wid, slot.n, MODES[mode], label, now)
+                             if c_enqueue is not None else None)
+                        if q is None:
+                            q = sf.enqueue_locked(permits, proc, w.wid, slot.n, MODES[mode], label, now)
+                        w.ticket, peers = q
+                        self._waits[w.wid] = w
+                finally:
+                    _flock(fd, _LOCK_UN)
             if r is not None:
                 lease = _new_lease(Lease)
                 lease._channel = self
@@ -301,6 +353,8 @@ class FileChannel(Channel):
             return lease
         peers.discard(proc)
         w.peers = peers
+        if self._c_wait is not None and type(slot) is SemSlot:
+            return self._wait_native(w, slot, timeout)
         try:
             return self._wait_thread(w, slot, timeout)
         finally:
@@ -361,7 +415,12 @@ class FileChannel(Channel):
                             return None
                         w.slot = get_slot()
                         w.sock = w.slot.n
-                    w.ticket, peers = sf.enqueue_locked(w.permits, proc, w.wid, w.sock, mode, label, now)
+                    c_enqueue = self._c_enqueue
+                    q = (c_enqueue(sf.m, w.permits, proc, w.wid, w.sock, mode, label, now)
+                         if c_enqueue is not None else None)
+                    if q is None:
+                        q = sf.enqueue_locked(w.permits, proc, w.wid, w.sock, mode, label, now)
+                    w.ticket, peers = q
                     self._waits[w.wid] = w
             finally:
                 sf.unlock()
@@ -441,6 +500,83 @@ class FileChannel(Channel):
                 sf.unlock()
 
     # -- sleeping ------------------------------------------------------------------------------------
+    def _end_wait(self, w: Wait, ws: SemSlot, graph: bool) -> None:
+        """What ends a wait of _wait_native that was not granted through the C twin (which does the
+        same itself). Idempotent: ``w.slot`` is None once the slot is back in the pool."""
+        self._waits.pop(w.wid, None)
+        if graph:
+            deadlock.leave_wait(w.owner)
+        if w.slot is not None:
+            w.slot = None
+            self.backend.give_slot(ws)
+
+    def _wait_native(self, w: Wait, ws: SemSlot, timeout: float | None) -> Lease:
+        """_wait_thread's futex path through the C twin (``_fastfile.wait``): it sleeps, takes the grant
+        from the mailbox, fills the Lease built here beforehand and ends the wait (``_waits``, the
+        wait-for graph as ``deadlock.leave_wait`` does, the slot back to the pool). So no Python line
+        runs between the wake-up and the return of this call: each one is handoff latency, since the
+        grantee runs from cold caches (measured: ~18 us of Python and C from the wake-up to the return
+        of acquire() before, in the forced handoff). Timeouts, refreshes (stale posts) and exceptions are
+        handled here as in _wait_thread, and end the wait through _end_wait."""
+        owner = w.owner
+        graph = self._owned
+        try:
+            if graph:
+                deadlock.enter_wait(owner, self, w)
+        except BaseException:
+            self._abandon_wait(w)
+            self._end_wait(w, ws, False)
+            raise
+        try:
+            deadline = None if timeout is None else _monotonic() + timeout
+            if not w.peers <= self._watched:
+                self._watch(w.peers)
+            # Built before the sleep; it counts as released (nothing for __del__ to return) until filled.
+            granted: Lease = _new_lease(Lease)
+            granted._state = _RELEASED
+            granted._channel = self
+            granted.owner = owner
+            granted._site = w.site
+            granted.mode = w.mode
+            c_wait = self._c_wait
+            handle = ws.sem.handle
+            mbox = ws.mbox
+            off = ws.off
+            wid = w.wid
+            tail = (w, granted, self._local, owner, w.mode, self._waits, self.backend._pool, ws,
+                    *((deadlock._graph_lock, deadlock._waiting_on) if graph else (None, None)))
+            while True:
+                got: Any
+                if deadline is None:
+                    got = c_wait(handle, mbox, off, wid, None, *tail)
+                else:
+                    left = deadline - _monotonic()
+                    got = c_wait(handle, mbox, off, wid, left if left > 0 else 0.0, *tail)
+                if got is not None and got is not False:  # the lease: granted, and the wait ended in C
+                    return granted
+                if got is False:  # timed out
+                    if _monotonic() < deadline:  # type: ignore[operator]
+                        continue
+                    lease = self._cancel(w)
+                    if lease is None:
+                        raise AcquireTimeout(
+                            f"timed out after {timeout}s waiting for {w.permits} permit(s) of "
+                            f"{self.describe()}", name=self.name, permits=w.permits, timeout=timeout,
+                        )
+                    self._end_wait(w, ws, graph)
+                    return lease
+                # A refresh, or a stale post of an earlier wait on this slot: look at the state.
+                lease = self._take_grant(w)
+                if lease is not None:
+                    self._end_wait(w, ws, graph)
+                    return lease
+                self.rewatch()
+        except BaseException:
+            if not w.done:
+                self._abandon_wait(w)
+            self._end_wait(w, ws, graph)
+            raise
+
     def _wait_thread(self, w: Wait, ws: Any, timeout: float | None) -> Lease:
         owner = w.owner
         # Semaphore permits are not owned, so a wait on one is never hopeless: skip the wait-for graph.
@@ -457,7 +593,7 @@ class FileChannel(Channel):
                 self._watch(w.peers)
             wid = w.wid
             if type(ws) is SemSlot:
-                # The futex path, inlined: the woken thread reads its grant straight from its mailbox
+                # The futex path in Python, inlined: the woken thread reads its grant straight from its mailbox
                 # slot (no slice, no extra call): this runs right after a sleep, from cold caches.
                 sem_acquire = ws.sem.acquire
                 mbox = ws.mbox
@@ -718,17 +854,27 @@ class FileChannel(Channel):
                 self._local[token] = (rec[0], rec[1] - permits, rec[2], rec[3])
             sf = self._sf
             assert sf is not None
-            fd = sf.fd
-            _flock(fd, _LOCK_EX)
-            try:
-                # A handoff commits the grants, then delivers them through _deliver before returning
-                # (still under the file lock, see _send); other paths return the wakes to send.
-                wakes = sf.release_locked(token, self._proc, permits, abandoned, None, False, True,
-                                          self._deliver)[1]
-                if wakes:
-                    self._send(wakes)
-            finally:
-                _flock(fd, _LOCK_UN)
+            c_release = self._c_release
+            # The C twin: True/False = done (unlocked); a list = grants left to deliver, None = not
+            # handled (both with the file lock held). (Few lines here: a releaser's lines before its
+            # wake-up post are handoff latency.)
+            r = (c_release(sf.m, sf.fd, token, self._proc, permits, abandoned, None, self._posts)
+                 if c_release is not None else None)
+            if r is not True and (r is None or r.__class__ is list):
+                fd = sf.fd
+                if c_release is None:
+                    _flock(fd, _LOCK_EX)
+                try:
+                    if r is None:
+                        # A handoff commits the grants, then delivers them through _deliver before
+                        # returning (still under the file lock, see _send); other paths return the
+                        # wakes to send.
+                        r = sf.release_locked(token, self._proc, permits, abandoned, None, False, True,
+                                              self._deliver)[1]
+                    if r:
+                        self._send(r)
+                finally:
+                    _flock(fd, _LOCK_UN)
         finally:
             mutex.release()
         if lease._death_cb is not None:

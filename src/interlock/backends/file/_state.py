@@ -1,5 +1,9 @@
 """The state file of one primitive: format and the operations on it (no waiting, no wake-ups).
 
+``grant_fast_locked``, ``enqueue_locked`` and the full-release paths of ``release_locked`` have a C twin
+in ``_fastfile.c`` (used when built; see ``FileChannel``): keep the two in step (tests/file/test_fastfile.py
+compares them byte for byte).
+
 Every operation runs with the in-process mutex and ``flock(LOCK_EX)`` on the file held by the caller;
 readers (``status``) take ``LOCK_SH``. The file is memory-mapped; nothing is parsed that an operation
 does not need.

@@ -1,0 +1,337 @@
+"""The C twin of the hot state transitions (``_fastfile``) against the pure-Python twin.
+
+Two state files receive the same operations, one through ``_fastfile`` and one through ``StateFile``'s
+Python methods; after every operation both files must be byte for byte the same, and both must return
+the same result. Also checked: which results leave the file lock held (the contract in _fastfile.c), that
+a not-handled case changes nothing, and that delivery goes through the Waker's cache.
+
+(The rest of tests/file runs end to end on both twins: see the ``url`` fixture in conftest.py.)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from interlock.backends.file._state import GRANT, MODES, PREV_DIED, REC, StateFile, encode_label
+
+ff: Any = pytest.importorskip("interlock.backends.file._fastfile", reason="the C twin is not built")
+
+LABEL = encode_label("t", "MainThread")
+LONG_LABEL = encode_label("t", "x" * 200)
+P1, P2, P3 = 0x1111, 0x2222, 0x3333
+
+
+def _open(path: Path, kind: str, capacity: int) -> StateFile:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    sf = StateFile(fd, str(path))
+    sf.setup(b"n", kind, capacity, True, "file://test")
+    return sf
+
+
+def _held_by_other(path: Path) -> bool:
+    """Whether some open file description holds the flock of ``path`` (probed from a new one)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+class Pair:
+    """The same primitive twice: ``c`` is driven through _fastfile, ``py`` through StateFile."""
+
+    def __init__(self, tmp: Path, kind: str = "semaphore", capacity: int = 5) -> None:
+        self.cpath, self.pypath = tmp / "c.state", tmp / "py.state"
+        self.c = _open(self.cpath, kind, capacity)
+        self.py = _open(self.pypath, kind, capacity)
+        # The two files were created a few microseconds apart: give them the same token origin.
+        self.py.m[:] = self.c.m[:]
+
+    def same(self) -> None:
+        assert not _held_by_other(self.cpath), "the C twin left the file lock held"
+        assert os.pread(self.c.fd, 1 << 20, 0) == os.pread(self.py.fd, 1 << 20, 0)
+
+    def grant(self, permits: int, fair: bool, proc: int, label: bytes = LABEL, now: float = 1.5) -> Any:
+        r = ff.grant(self.c.m, self.c.fd, permits, fair, proc, MODES["permits"], label, now)
+        if r is None or r is False:
+            assert _held_by_other(self.cpath), "None/False must return with the file lock held"
+            try:
+                if r is False:
+                    r = self.c.grant_fast_locked(permits, fair, proc, MODES["permits"], label, now)
+            finally:
+                self.c.unlock()
+        self.py.lock()
+        try:
+            expect = self.py.grant_fast_locked(permits, fair, proc, MODES["permits"], label, now)
+        finally:
+            self.py.unlock()
+        assert r == expect
+        self.same()
+        return r
+
+    def enqueue(self, permits: int, proc: int, wid: int, sock: int, label: bytes = LABEL) -> None:
+        self.c.lock()
+        try:
+            r = ff.enqueue(self.c.m, permits, proc, wid, sock, MODES["permits"], label, 2.5)
+            if r is None:  # not handled: the slot must grow
+                r = self.c.enqueue_locked(permits, proc, wid, sock, MODES["permits"], label, 2.5)
+        finally:
+            self.c.unlock()
+        self.py.lock()
+        try:
+            expect = self.py.enqueue_locked(permits, proc, wid, sock, MODES["permits"], label, 2.5)
+        finally:
+            self.py.unlock()
+        assert r == expect
+        self.same()
+
+    def release(self, token: int, proc: int, permits: int, abandoned: bool = False,
+                posts: dict[Any, Any] | None = None) -> Any:
+        r = ff.release(self.c.m, self.c.fd, token, proc, permits, abandoned, 3.5, {} if posts is None else posts)
+        if r is None or r.__class__ is list:
+            assert _held_by_other(self.cpath), "None/list must return with the file lock held"
+            try:
+                if r is None:
+                    r = self.c.release_locked(token, proc, permits, abandoned, 3.5)[1]
+            finally:
+                self.c.unlock()
+        self.py.lock()
+        try:
+            found, wakes = self.py.release_locked(token, proc, permits, abandoned, 3.5)
+        finally:
+            self.py.unlock()
+        self.same()
+        return r, found, wakes
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Pair]:
+    p = Pair(tmp_path)
+    yield p
+    p.c.close()
+    p.py.close()
+
+
+def test_uncontended_grant_and_release_match(pair: Pair) -> None:
+    t1 = pair.grant(2, True, P1)
+    t2 = pair.grant(1, True, P2, LONG_LABEL)  # a label cut to its 35 bytes
+    t3 = pair.grant(2, True, P1)
+    assert (t1[0] + 1, t2[0] + 1) == (t2[0], t3[0])
+    assert pair.grant(1, True, P3) is None  # full: no room
+    r, found, wakes = pair.release(t2[0], P2, 1)  # a holder in the middle
+    assert (r, found, wakes) == (True, True, [])
+    r, found, _ = pair.release(t3[0], P1, 2)  # the last holder
+    assert (r, found) == (True, True)
+    r, found, _ = pair.release(t1[0], P1, 2)
+    assert (r, found) == (True, True)
+
+
+def test_release_of_an_unknown_grant_or_another_process_changes_nothing(pair: Pair) -> None:
+    t = pair.grant(1, True, P1)[0]
+    assert pair.release(t + 100, P1, 1)[:2] == (False, False)
+    assert pair.release(t, P2, 1)[:2] == (False, False)  # another process's token
+    assert pair.release(t, P1, 1)[:2] == (True, True)
+
+
+def test_handoff_grants_the_fitting_head_waiters_in_fifo_order(pair: Pair) -> None:
+    t = pair.grant(5, True, P1)[0]
+    pair.enqueue(2, P2, 7, 0x80000003)
+    pair.enqueue(2, P3, 8, 0x80000004)
+    pair.enqueue(3, P2, 9, 5, LONG_LABEL)  # does not fit after the first two: stays queued
+    assert pair.grant(1, True, P3) is None  # fair: others queue
+    assert pair.grant(1, False, P3) is None  # barging, but no room either
+    r, found, wakes = pair.release(t, P1, 5, posts={})
+    assert found
+    assert r == wakes  # nothing in the cache: both grants handed back for the caller to deliver
+    assert [(p, n, GRANT.unpack(d)[:3]) for p, n, d in wakes] == [
+        (P2, 0x80000003, (7, t + 1, 2)), (P3, 0x80000004, (8, t + 2, 2))]
+
+
+def test_abandoned_release_marks_the_next_grant(pair: Pair) -> None:
+    t = pair.grant(5, True, P1)[0]
+    pair.enqueue(1, P2, 7, 0x80000001)
+    _, _, wakes = pair.release(t, P1, 5, abandoned=True)
+    assert GRANT.unpack(wakes[0][2])[3] & PREV_DIED
+    r = pair.grant(1, True, P3)  # the flag went to the first grant only
+    assert r is not None and r[1] is False
+
+
+def test_abandoned_release_without_waiters_marks_the_next_fast_grant(pair: Pair) -> None:
+    t = pair.grant(1, True, P1)[0]
+    pair.release(t, P1, 1, abandoned=True)
+    r = pair.grant(1, True, P2)
+    assert r is not None and r[1] is True
+
+
+def test_barging_grant_passes_the_waiters_and_bumps_the_epoch(pair: Pair) -> None:
+    pair.grant(3, True, P1)
+    pair.enqueue(3, P2, 7, 1)
+    assert pair.grant(1, True, P3) is None
+    r = pair.grant(1, False, P3)
+    assert r is not None and r[2] == 1
+
+
+def test_partial_release_is_left_to_python_unchanged(pair: Pair) -> None:
+    t = pair.grant(3, True, P1)[0]
+    before = os.pread(pair.c.fd, 1 << 20, 0)
+    r = ff.release(pair.c.m, pair.c.fd, t, P1, 1, False, 3.5, {})
+    try:
+        assert r is None
+        assert os.pread(pair.c.fd, 1 << 20, 0) == before, "a not-handled case must not write"
+    finally:
+        pair.c.unlock()
+    pair.py.m[:] = pair.c.m[:]  # (back in step)
+    pair.release(t, P1, 1)
+
+
+def test_growing_past_a_page_goes_through_python_and_back(tmp_path: Path) -> None:
+    p = Pair(tmp_path, "semaphore", 120)  # full after the 120 grants below
+    tokens = [p.grant(1, True, P1 + i)[0] for i in range(120)]  # 120 x 80 bytes > one page per slot
+    assert os.fstat(p.c.fd).st_size > 3 * 4096
+    for i in range(60):  # and a queue that grows the slots again
+        p.enqueue(1, P3, 1000 + i, i)
+    for i, t in enumerate(tokens[::3]):  # each release hands its permit to the head waiter
+        r, found, wakes = p.release(t, P1 + 3 * i, 1)
+        assert found and r == wakes and len(wakes) == 1
+
+
+def test_a_file_grown_by_another_process_is_remapped_by_python(pair: Pair, tmp_path: Path) -> None:
+    other = StateFile(os.open(pair.cpath, os.O_RDWR), str(pair.cpath))
+    other_py = StateFile(os.open(pair.pypath, os.O_RDWR), str(pair.pypath))
+    try:
+        for sf in (other, other_py):  # another process grows both files (60 waiters)
+            sf.setup(b"n", "semaphore", 5, True, "file://test")
+            sf.lock()
+            try:
+                sf.grant_fast_locked(5, True, P3, MODES["permits"], LABEL, 1.0)
+                for i in range(60):
+                    sf.enqueue_locked(1, P3, 100 + i, 1, MODES["permits"], LABEL, 1.0)
+            finally:
+                sf.unlock()
+        assert pair.c.mlen < os.fstat(pair.c.fd).st_size
+        assert pair.grant(1, True, P1) is None  # C: not handled (mapping too short); Python remaps
+        assert pair.c.mlen == os.fstat(pair.c.fd).st_size
+    finally:
+        other.close()
+        other_py.close()
+
+
+def test_delivery_through_the_waker_cache(pair: Pair) -> None:
+    """A cached (mailbox, offset, post) receives the grant with its waiter id, and is posted once."""
+    t = pair.grant(5, True, P1)[0]
+    pair.enqueue(2, P2, 7, 0x80000003)
+    pair.enqueue(2, P3, 8, 0x80000004)
+    box = mmap.mmap(-1, 4096)
+    posted: list[int] = []
+    posts = {(P2, 0x80000003): (box, 64, lambda: posted.append(1))}
+    r, _, wakes = pair.release(t, P1, 5, posts=posts)
+    assert posted == [1]
+    assert GRANT.unpack(box[64:64 + GRANT.size]) == GRANT.unpack(wakes[0][2])
+    assert r == wakes[1:], "the grant without a cached slot is handed back"
+
+
+def test_a_failing_post_is_ignored_like_in_python(pair: Pair) -> None:
+    t = pair.grant(1, True, P1)[0]
+    pair.enqueue(1, P2, 7, 0x80000003)
+    box = mmap.mmap(-1, 4096)
+
+    def full() -> None:
+        raise ValueError("semaphore or lock released too many times")
+
+    r, _, _ = pair.release(t, P1, 1, posts={(P2, 0x80000003): (box, 0, full)})
+    assert r is True
+
+
+def test_record_size_is_what_the_c_twin_assumes() -> None:
+    assert REC == 80 and GRANT.size == 25
+
+
+def test_the_url_fixture_runs_the_twin_it_names(url: str, request: pytest.FixtureRequest) -> None:
+    import interlock
+
+    lock = interlock.Lock("twin", url=url)
+    with lock:
+        pass
+    ch: Any = lock._ch
+    assert (ch._c_grant is None) == (request.node.callspec.params["url"] == "pure")
+
+
+def test_wait_returns_the_grant_of_its_own_waiter_id_only() -> None:
+    """wait(): timeout -> False; a post for another (stale) waiter id -> None (look at the state); a post
+    for its id -> the pre-built lease filled, the wait marked done, the grant recorded and the wait ended
+    (waits, wait-for graph, slot back to the pool); neither of the others ends the wait."""
+    import _multiprocessing
+    import threading
+
+    from interlock._lease import HELD, RELEASED, Lease
+
+    name = f"/interlock-test-{os.getpid()}"
+    sem = _multiprocessing.SemLock(1, 0, 1 << 30, name, True)
+    box = mmap.mmap(-1, 4096)
+    slot = object()
+
+    class W:
+        done = False
+        slot: object = None
+
+    w, local, owner = W(), {}, object()
+    w.slot = slot
+    waits: dict[int, Any] = {7: w}
+    pool: list[Any] = []
+    graph_lock = threading.Lock()
+    graph: dict[Any, Any] = {owner: ("ch", w), "other": ("ch", None)}
+    lease = Lease.__new__(Lease)
+    lease._state = RELEASED
+    args = (sem.handle, box, 32, 7, 0.01, w, lease, local, owner, "permits", waits, pool, slot, graph_lock, graph)
+    assert ff.wait(*args) is False
+    box[32:32 + GRANT.size] = GRANT.pack(6, 99, 2, 0)  # a stale grant of an earlier waiter on this slot
+    sem.release()
+    assert ff.wait(*args) is None
+    assert not w.done and not local and waits == {7: w} and not pool and w.slot is slot and owner in graph
+    box[32:32 + GRANT.size] = GRANT.pack(7, 100, 2, MODES["permits"] | PREV_DIED)
+    sem.release()
+    assert ff.wait(*args) is lease
+    assert w.done and lease._state == HELD and lease.token == 100 and lease.permits == 2
+    assert lease.previous_owner_died
+    assert local == {100: (owner, 2, "permits", lease.acquired_at)}
+    assert waits == {} and pool == [slot] and w.slot is None and list(graph) == ["other"]
+    assert not graph_lock.locked()
+    lease._state = RELEASED  # (nothing to return: no channel behind it)
+
+
+def test_release_without_a_time_reads_the_monotonic_clock_for_the_grants(pair: Pair) -> None:
+    import time
+
+    from interlock.backends.file._state import Record
+
+    t = pair.grant(1, True, P1)[0]
+    pair.enqueue(1, P2, 7, 0x80000001)
+    before = time.monotonic()
+    r = ff.release(pair.c.m, pair.c.fd, t, P1, 1, False, None, {})
+    pair.c.unlock()
+    assert isinstance(r, list) and len(r) == 1
+    pair.c.lock()
+    try:
+        (holder,) = pair.c.snapshot_locked().holders
+    finally:
+        pair.c.unlock()
+    assert isinstance(holder, Record) and holder.key == t + 1
+    assert before <= holder.since <= time.monotonic()
+
+
+def test_accelerated_reports_the_twin_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    from interlock.backends.file import _channel, accelerated
+
+    assert accelerated()  # (this module is skipped where the C twin is not built)
+    monkeypatch.setattr(_channel, "_native", None)
+    assert not accelerated()

@@ -244,3 +244,17 @@ def test_setup_builds_the_extension(tmp_path: Path) -> None:
     assert "warning:" not in proc.stderr.replace("SetuptoolsDeprecationWarning", ""), proc.stderr[-2000:]
     built = [p for p in (lib / "interlock").iterdir() if p.name.startswith("_speedups")]
     assert len(built) == 1 and built[0].suffix in (".so", ".pyd"), built
+
+
+@needs_build
+def test_file_accelerator_is_built() -> None:
+    """The file:// C twin's tests skip where it is not built; this one fails instead wherever a
+    compiler is available, so a broken build cannot silently turn CI into a pure-Python run."""
+    from interlock.backends import file
+
+    try:
+        import interlock.backends.file._fastfile  # noqa: F401
+    except ImportError as exc:
+        pytest.fail(f"interlock.backends.file._fastfile was not built by the install (see setup.py): {exc}")
+    if os.environ.get("INTERLOCK_FILE_NATIVE", "1").lower() not in ("0", "false", "no"):
+        assert file.accelerated()

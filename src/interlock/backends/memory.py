@@ -444,10 +444,17 @@ class MemoryChannel(_NativeState, _MemoryChannelBase):
 
     if _native is not None:
         _mutex_factory = _native.Mutex
+        # The contended paths in C (see the "contended handoff" section of _speedups.c): the release
+        # that hands permits to queued threads, and a semaphore's blocking wait. Each calls the Python
+        # method of _MemoryChannelBase for every case it does not handle.
+        _release_py = _native.ChannelState._release_contended
+        acquire = _native.ChannelState._acquire_contended  # type: ignore[assignment]
 
 
 if _native is not None:
     _native.configure(Lease, untrack_task_death)
+    _native.configure_handoff(ThreadWaiter, _MemoryChannelBase.acquire, _MemoryChannelBase.release,
+                              _thread.allocate_lock, WAITING, GRANTED)
 
 
 def accelerated() -> bool:

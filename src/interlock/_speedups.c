@@ -1325,7 +1325,8 @@ configure(PyObject *module, PyObject *args)
 /* Contended handoff (thread waiters).                                                             */
 /*                                                                                                 */
 /*   ChannelState._release_contended  twin: memory.py _MemoryChannelBase.release (with its          */
-/*                                    _wake_granted for plain ThreadWaiters at the head)            */
+/*                                    _wake_granted while the head is a ThreadWaiter or a TaskWaiter */
+/*                                    of the loop running in the releasing thread)                  */
 /*   ChannelState._acquire_contended  twin: memory.py _MemoryChannelBase.acquire (+ _wait_thread)   */
 /*                                    for a blocking semaphore wait without timeout                 */
 /*                                                                                                 */
@@ -1341,13 +1342,15 @@ configure(PyObject *module, PyObject *args)
 /* blocked) is handed to the same Python methods as before.                                         */
 
 static PyTypeObject *ThreadWaiter_type = NULL;  /* interlock._core.waiter.ThreadWaiter */
+static PyTypeObject *TaskWaiter_type = NULL;    /* interlock._core.waiter.TaskWaiter */
 static PyObject *py_acquire_full = NULL;        /* _MemoryChannelBase.acquire */
 static PyObject *py_release_full = NULL;        /* _MemoryChannelBase.release */
 static PyObject *allocate_lock_fn = NULL;       /* _thread.allocate_lock */
 static PyObject *waiting_obj = NULL, *granted_obj = NULL;  /* _core.waiter.WAITING / GRANTED */
 static Py_ssize_t off_w_lease, off_w_mode, off_w_owner, off_w_permits, off_w_since, off_w_site, off_w_state,
-    off_w_lock;
-static PyObject *s_wake_granted, *s_withdraw, *s_popleft, *s_append, *s_owned, *s_bounded, *s_capacity;
+    off_w_lock, off_w_fut, off_w_loop;
+static PyObject *s_wake_granted, *s_withdraw, *s_popleft, *s_append, *s_owned, *s_bounded, *s_capacity,
+    *s_spare_lock, *s_done, *s_set_result;
 
 /* a __slots__ member of a waiter (offsets checked by configure_handoff); borrowed, NULL if unset */
 #define WSLOT(w, off) (*(PyObject **)((char *)(w) + (off)))
@@ -1359,11 +1362,71 @@ wslot_set(PyObject *w, Py_ssize_t off, PyObject *value)  /* steals `value` */
     Py_XSETREF(*p, value);
 }
 
-/* Twin of _wake_granted while the head is a plain ThreadWaiter: grant from the head, in FIFO order,
-   while the head fits. Caller holds the mutex. Returns 0 when done, 1 when the head is another kind of
-   waiter (the caller runs the Python _wake_granted for the rest), -1 with an exception. */
+static int handoff_loop(ChannelState *self, PyObject **running_loop);
+
+/* The kind of waiter the C handoff serves: 1 a ThreadWaiter, 2 a TaskWaiter of the event loop running in
+   this thread (its future can be resolved directly, as TaskWaiter.wake does), 0 anything else (the
+   Python _wake_granted serves it: another loop's task needs call_soon_threadsafe, which can fail). */
+static int
+waiter_kind(PyObject *w, PyObject **running_loop)
+{
+    if (Py_IS_TYPE(w, ThreadWaiter_type)) {
+        return WSLOT(w, off_w_lock) != NULL ? 1 : 0;
+    }
+    if (TaskWaiter_type == NULL || !Py_IS_TYPE(w, TaskWaiter_type) || WSLOT(w, off_w_fut) == NULL
+        || get_running_loop_fn == NULL) {
+        return 0;
+    }
+    if (*running_loop == NULL && (*running_loop = PyObject_CallNoArgs(get_running_loop_fn)) == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    return WSLOT(w, off_w_loop) == *running_loop && *running_loop != Py_None ? 2 : 0;
+}
+
+/* Wake a granted waiter of kind 1 or 2 (twins: ThreadWaiter.wake, TaskWaiter.wake on its own loop). */
+static int
+wake_waiter(PyObject *w, int kind)
+{
+    PyObject *r;
+    if (kind == 1) {
+        /* its lock was taken when it was made and only this grant can free it */
+        r = PyObject_CallMethodNoArgs(WSLOT(w, off_w_lock), s_release);
+    }
+    else {
+        PyObject *fut = WSLOT(w, off_w_fut);
+        if ((r = PyObject_CallMethodNoArgs(fut, s_done)) == NULL) {
+            return -1;
+        }
+        int done = PyObject_IsTrue(r);
+        Py_DECREF(r);
+        if (done < 0) {
+            return -1;
+        }
+        /* a done future: its task was cancelled meanwhile and gives the grant back (_withdraw) */
+        r = done ? Py_NewRef(Py_None) : PyObject_CallMethodOneArg(fut, s_set_result, Py_None);
+    }
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
+/* Twin of _wake_granted while the head is a waiter that waiter_kind() accepts: grant from the head, in
+   FIFO order, while the head fits. Caller holds the mutex. Returns 0 when done, 1 when the head is
+   another kind of waiter (the caller runs the Python _wake_granted for the rest), -1 with an exception. */
 static int
 handoff_locked(ChannelState *self)
+{
+    PyObject *running_loop = NULL;
+    int r = handoff_loop(self, &running_loop);
+    Py_XDECREF(running_loop);
+    return r;
+}
+
+static int
+handoff_loop(ChannelState *self, PyObject **running_loop)
 {
     for (;;) {
         Py_ssize_t n = queue_length(self);
@@ -1375,8 +1438,8 @@ handoff_locked(ChannelState *self)
             return -1;
         }
         PyObject *permits_obj = WSLOT(w, off_w_permits);
-        if (!Py_IS_TYPE(w, ThreadWaiter_type) || permits_obj == NULL || WSLOT(w, off_w_lock) == NULL
-            || !PyLong_CheckExact(permits_obj)) {
+        int kind = waiter_kind(w, running_loop);
+        if (kind == 0 || permits_obj == NULL || !PyLong_CheckExact(permits_obj)) {
             Py_DECREF(w);
             return 1;
         }
@@ -1400,13 +1463,11 @@ handoff_locked(ChannelState *self)
         Py_XDECREF(popped);
         wslot_set(w, off_w_lease, lease);
         wslot_set(w, off_w_state, Py_NewRef(granted_obj));
-        /* wake(): its lock was taken when it was made and only this release can free it */
-        PyObject *r = PyObject_CallMethodNoArgs(WSLOT(w, off_w_lock), s_release);
+        int e = wake_waiter(w, kind);
         Py_DECREF(w);
-        if (r == NULL) {
+        if (e < 0) {
             return -1;
         }
-        Py_DECREF(r);
     }
 }
 
@@ -1499,11 +1560,23 @@ ChannelState_release_contended(ChannelState *self, PyObject *const *args, Py_ssi
 }
 
 /* A ThreadWaiter made without its Python __init__ (same fields: Waiter.__init__, ThreadWaiter.__init__). */
+/* The thread's spare waiter lock, if it has one (a new reference, taken from the thread's state dict), or
+   a new lock; either way locked. A lock goes back to its thread only after a wait that it ended (see
+   ChannelState_acquire_contended): it is locked again then, and nothing else will ever release it. */
 static PyObject *
-new_thread_waiter(PyObject *permits_obj, PyObject *owner, PyObject *site, PyObject *mode)
+take_waiter_lock(void)
 {
-    PyObject *w, *lock, *since, *r;
-    if ((lock = PyObject_CallNoArgs(allocate_lock_fn)) == NULL) {
+    PyObject *tdict = PyThreadState_GetDict();  /* borrowed */
+    PyObject *lock, *r;
+    if (tdict != NULL && (lock = PyDict_GetItemWithError(tdict, s_spare_lock)) != NULL) {
+        Py_INCREF(lock);
+        if (PyDict_DelItem(tdict, s_spare_lock) < 0) {
+            Py_DECREF(lock);
+            return NULL;
+        }
+        return lock;
+    }
+    if (PyErr_Occurred() || (lock = PyObject_CallNoArgs(allocate_lock_fn)) == NULL) {
         return NULL;
     }
     if ((r = PyObject_CallMethodNoArgs(lock, s_acquire)) == NULL) {  /* a fresh lock: never blocks */
@@ -1511,6 +1584,16 @@ new_thread_waiter(PyObject *permits_obj, PyObject *owner, PyObject *site, PyObje
         return NULL;
     }
     Py_DECREF(r);
+    return lock;
+}
+
+static PyObject *
+new_thread_waiter(PyObject *permits_obj, PyObject *owner, PyObject *site, PyObject *mode)
+{
+    PyObject *w, *lock, *since;
+    if ((lock = take_waiter_lock()) == NULL) {
+        return NULL;
+    }
     if ((since = PyFloat_FromDouble(monotonic_seconds())) == NULL) {
         Py_DECREF(lock);
         return NULL;
@@ -1551,11 +1634,8 @@ ChannelState_acquire_contended(ChannelState *self, PyObject *const *args, Py_ssi
         PyErr_Clear();
         goto python;
     }
-    lease = try_grant(self, permits, permits_obj, owner, site, mode, fair);
-    if (lease != Py_None) {
-        return lease;  /* granted, or NULL with an exception */
-    }
-    Py_DECREF(lease);
+    /* No _try_grant first (the Python method starts with one): the callers that get here tried already,
+       and the locked section below grants if the permits are free. */
     /* The checks of _check_wait / _wait_thread that send a call to the Python method (which raises, or
        tracks the wait in the wait-for graph). */
     if ((v = PyObject_GetAttr((PyObject *)self, s_owned)) == NULL) {
@@ -1634,6 +1714,12 @@ ChannelState_acquire_contended(ChannelState *self, PyObject *const *args, Py_ssi
         return NULL;
     }
     Py_INCREF(lease);
+    /* The grant released the lock once and this wait took it back: it is locked, and the waiter is
+       done with, so the thread can use the lock for its next wait. */
+    PyObject *tdict = PyThreadState_GetDict();  /* borrowed */
+    if (tdict != NULL && PyDict_SetItem(tdict, s_spare_lock, WSLOT(w, off_w_lock)) < 0) {
+        PyErr_Clear();  /* only a cache */
+    }
     Py_DECREF(w);
     return lease;
 python:
@@ -1655,11 +1741,18 @@ static PyMethodDef handoff_methods[] = {
 static PyObject *
 configure_handoff(PyObject *module, PyObject *args)
 {
-    PyObject *tw, *acq, *rel, *alloc, *waiting, *granted;
-    if (!PyArg_ParseTuple(args, "O!OOOOO:configure_handoff", &PyType_Type, &tw, &acq, &rel, &alloc, &waiting,
-                          &granted)) {
+    PyObject *tw, *kw, *acq, *rel, *alloc, *waiting, *granted;
+    if (!PyArg_ParseTuple(args, "O!O!OOOOO:configure_handoff", &PyType_Type, &tw, &PyType_Type, &kw, &acq, &rel,
+                          &alloc, &waiting, &granted)) {
         return NULL;
     }
+    if ((off_w_fut = slot_offset(kw, "fut")) <= 0 || (off_w_loop = slot_offset(kw, "loop")) <= 0
+        || slot_offset(kw, "state") != slot_offset(tw, "state") || slot_offset(kw, "lease") != slot_offset(tw, "lease")
+        || slot_offset(kw, "permits") != slot_offset(tw, "permits")) {
+        PyErr_SetString(PyExc_TypeError, "TaskWaiter must share the Waiter __slots__ and have fut and loop");
+        return NULL;
+    }
+    Py_XSETREF(TaskWaiter_type, (PyTypeObject *)Py_NewRef(kw));
     Py_ssize_t *offs[] = {&off_w_lease, &off_w_mode, &off_w_owner, &off_w_permits, &off_w_since, &off_w_site,
                           &off_w_state, &off_w_lock};
     const char *names[] = {"lease", "mode", "owner", "permits", "since", "site", "state", "_lock"};
@@ -1684,7 +1777,7 @@ configure_handoff(PyObject *module, PyObject *args)
 
 static PyMethodDef handoff_module_methods[] = {
     {"configure_handoff", configure_handoff, METH_VARARGS,
-     "configure_handoff(ThreadWaiter, acquire, release, allocate_lock, WAITING, GRANTED, /)\n--\n\n"
+     "configure_handoff(ThreadWaiter, TaskWaiter, acquire, release, allocate_lock, WAITING, GRANTED, /)\n--\n\n"
      "Set what the contended handoff uses (the waiter class and the Python fallbacks)."},
     {NULL, NULL, 0, NULL},
 };
@@ -1703,6 +1796,9 @@ handoff_init(PyObject *module)
     INTERN_INT(s_owned, "_owned");
     INTERN_INT(s_bounded, "bounded");
     INTERN_INT(s_capacity, "capacity");
+    INTERN_INT(s_spare_lock, "interlock._speedups.spare_waiter_lock");
+    INTERN_INT(s_done, "done");
+    INTERN_INT(s_set_result, "set_result");
     for (PyMethodDef *d = handoff_methods; d->ml_name != NULL; d++) {
         PyObject *descr = PyDescr_NewMethod(&ChannelState_Type, d);
         int e = descr == NULL ? -1 : PyDict_SetItemString(ChannelState_Type.tp_dict, d->ml_name, descr);

@@ -59,6 +59,7 @@ def bind_facades(
 # the contended handoff section
 def configure_handoff(
     thread_waiter: type[Any],
+    task_waiter: type[Any],
     acquire: Callable[..., Lease],
     release: Callable[..., None],
     allocate_lock: Callable[[], Any],

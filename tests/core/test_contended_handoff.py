@@ -202,3 +202,59 @@ def test_blocking_wait_inside_a_running_loop_raises(impl: str) -> None:
 
     asyncio.run(main())
     assert not sem.statistics().waiters and sem.statistics().available == 1
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_tasks_of_the_releasing_loop_are_served_in_order(impl: str) -> None:
+    """A release from a task hands the permit to queued tasks of the same loop (the native handoff
+    resolves their futures itself), in queue order."""
+    sem = interlock.Semaphore("tasks", 1, url=_url(impl))
+    grants: list[tuple[int, int]] = []
+
+    async def body(i: int) -> None:
+        async with sem as lease:
+            grants.append((lease.token, i))
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        async with sem:
+            tasks = []
+            for i in range(5):
+                tasks.append(asyncio.create_task(body(i)))
+                while len(sem.statistics().waiters) < i + 1:
+                    await asyncio.sleep(0)
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    grants.sort()
+    assert [i for _tok, i in grants] == list(range(5))
+    assert sem.statistics().available == 1
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_cancelled_task_granted_before_it_ran_passes_the_permit_on(impl: str) -> None:
+    """The head task is cancelled (its future is done) and, before it runs, a release grants it: the
+    handoff must not resolve the future, and the task, on seeing CancelledError, gives the grant on."""
+    sem = interlock.Semaphore("cancel", 1, url=_url(impl))
+    got: list[str] = []
+
+    async def body(name: str) -> None:
+        async with sem:
+            got.append(name)
+
+    async def main() -> None:
+        first = await sem.acquire_async()
+        a = asyncio.create_task(body("a"))
+        b = asyncio.create_task(body("b"))
+        while len(sem.statistics().waiters) < 2:
+            await asyncio.sleep(0)
+        a.cancel()
+        first.release()  # same loop iteration: `a` is still queued, its future already cancelled
+        with pytest.raises(asyncio.CancelledError):
+            await a
+        await b
+
+    asyncio.run(main())
+    assert got == ["b"]
+    stats = sem.statistics()
+    assert stats.available == 1 and not stats.holders and not stats.waiters

@@ -1458,12 +1458,14 @@ handoff_loop(ChannelState *self, PyObject **running_loop)
             Py_DECREF(w);
             return -1;
         }
-        /* committed: the waiter leaves the queue exactly when it leaves WAITING */
-        PyObject *popped = PyObject_CallMethodNoArgs(self->waiters, s_popleft);  /* cannot fail: n > 0 */
-        Py_XDECREF(popped);
+        /* committed. The waiter leaves the queue exactly when it leaves WAITING; the wake comes first
+           (it starts the woken thread's OS wake-up), the popleft still under this mutex, and the woken
+           waiter reads only its own lease and state. */
         wslot_set(w, off_w_lease, lease);
         wslot_set(w, off_w_state, Py_NewRef(granted_obj));
         int e = wake_waiter(w, kind);
+        PyObject *popped = PyObject_CallMethodNoArgs(self->waiters, s_popleft);  /* cannot fail: n > 0 */
+        Py_XDECREF(popped);
         Py_DECREF(w);
         if (e < 0) {
             return -1;
@@ -1634,15 +1636,29 @@ ChannelState_acquire_contended(ChannelState *self, PyObject *const *args, Py_ssi
         PyErr_Clear();
         goto python;
     }
-    /* No _try_grant first (the Python method starts with one): the callers that get here tried already,
-       and the locked section below grants if the permits are free. */
-    /* The checks of _check_wait / _wait_thread that send a call to the Python method (which raises, or
-       tracks the wait in the wait-for graph). */
+    /* Owned primitives track their waits in the wait-for graph: the Python method. */
     if ((v = PyObject_GetAttr((PyObject *)self, s_owned)) == NULL) {
         return NULL;
     }
     owned = PyObject_IsTrue(v);
     Py_DECREF(v);
+    if (owned < 0) {
+        return NULL;
+    }
+    if (owned) {
+        goto python;
+    }
+    /* The Python method starts with a _try_grant. Under contention the permits are taken or others
+       queue, so it is tried only when this (unlocked, GIL-protected) look says it could succeed; the
+       locked section below decides either way. */
+    if (self->available >= permits && (!fair || queue_length(self) == 0)) {
+        lease = try_grant(self, permits, permits_obj, owner, site, mode, fair);
+        if (lease != Py_None) {
+            return lease;  /* granted, or NULL with an exception */
+        }
+        Py_DECREF(lease);
+    }
+    /* The checks of _check_wait / acquire that send the call to the Python method (which raises). */
     if ((v = PyObject_GetAttr((PyObject *)self, s_bounded)) == NULL) {
         return NULL;
     }
@@ -1653,7 +1669,7 @@ ChannelState_acquire_contended(ChannelState *self, PyObject *const *args, Py_ssi
     }
     capacity = PyLong_AsSsize_t(v);
     Py_DECREF(v);
-    if (owned < 0 || bounded < 0 || (capacity == -1 && PyErr_Occurred())) {
+    if (bounded < 0 || (capacity == -1 && PyErr_Occurred())) {
         return NULL;
     }
     if ((v = PyObject_CallNoArgs(get_running_loop_fn)) == NULL) {
@@ -1661,7 +1677,7 @@ ChannelState_acquire_contended(ChannelState *self, PyObject *const *args, Py_ssi
     }
     int loop_running = v != Py_None;
     Py_DECREF(v);
-    if (owned || loop_running || (bounded && permits > capacity)) {
+    if (loop_running || (bounded && permits > capacity)) {
         goto python;
     }
     if ((w = new_thread_waiter(permits_obj, owner, site, mode)) == NULL) {

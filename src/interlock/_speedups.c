@@ -14,7 +14,8 @@
  *                              for everything else: other backends, debug mode, waiting, arguments)
  *
  * Everything that waits (the waiter queue, cancellation, timeouts, deadlock detection, thread and task
- * death) stays in Python.
+ * death) stays in Python, except the common contended cases: see the "contended handoff" section at
+ * the end of this file (ChannelState._release_contended / _acquire_contended).
  *
  * Mutex discipline: the fast paths hold the channel mutex only inside C. No Python code runs while it
  * is held, except finalizers run by a garbage collection that an allocation may trigger (exactly as in

@@ -6,7 +6,9 @@ Measures, each as the best of several repetitions:
   * uncontended acquire+release pairs from a thread (Lock, Semaphore) and from a task (Semaphore),
     in both the explicit form (interlock: ``acquire().release()`` on the Lease) and the ``with`` form;
   * contended throughput: 8 threads (and 100 asyncio tasks) sharing 2 permits, each yielding inside its
-    critical section, for a fixed wall time; per-worker fairness as max/min acquisitions.
+    critical section, for a fixed wall time; per-worker fairness as max/min acquisitions. For context,
+    the same 8 threads with two other critical sections: 20 us of work that keeps the GIL, and a
+    200 us blocking sleep.
 Prints ns per pair, acquisitions per second and the ratios interlock / stdlib. interlock runs on the
 native accelerator when it is built (the header says so); the pure-Python twin (``?native=0``) is
 measured too, for the uncontended pairs, in the same run.
@@ -113,7 +115,30 @@ def uncontended(number: int, repeat: int) -> dict[str, float]:
     return r
 
 
-def contended_threads(make: Callable[[], Any], workers: int, seconds: float) -> tuple[float, list[int]]:
+def yield_gil() -> None:
+    """The critical section of the issue-2 case: yield (sleep(0) drops the GIL; on Linux it lasts until
+    the kernel's timer slack, about 50 us, runs out)."""
+    time.sleep(0)
+
+
+def cpu_work(us: float = 20.0) -> Callable[[], None]:
+    """A critical section of ``us`` microseconds of Python work that keeps the GIL."""
+    def body() -> None:
+        end = time.perf_counter() + us * 1e-6
+        while time.perf_counter() < end:
+            pass
+    return body
+
+
+def blocking_io(us: float = 200.0) -> Callable[[], None]:
+    """A critical section that blocks for ``us`` microseconds without the GIL (like a short I/O)."""
+    def body() -> None:
+        time.sleep(us * 1e-6)
+    return body
+
+
+def contended_threads(make: Callable[[], Any], workers: int, seconds: float,
+                      body: Callable[[], None] = yield_gil) -> tuple[float, list[int]]:
     sem = make()
     counts = [0] * workers
     stop = threading.Event()
@@ -124,7 +149,7 @@ def contended_threads(make: Callable[[], Any], workers: int, seconds: float) -> 
         n = 0
         while not stop.is_set():
             with sem:
-                time.sleep(0)  # yield inside the critical section
+                body()
             n += 1
         counts[i] = n
 
@@ -213,6 +238,22 @@ def main() -> None:
               f"(min {min(counts)}, max {max(counts)})")
     print(f"  throughput ratio interlock/threading: {rows[1][1] / rows[0][1]:.2f}x (target >= 1.0x); "
           f"fairness max/min: {spread(rows[1][2]):.2f} (target <= 1.1)")
+
+    # Two more critical sections, for context (no target): work that keeps the GIL, and a short
+    # blocking call. Fair FIFO holds among queued threads; a thread that finds nobody queued takes a
+    # free permit at once, so the spread need not be 1 when the critical section does not yield.
+    for title, body in [("20 us of Python work inside (keeps the GIL)", cpu_work(20.0)),
+                        ("a 200 us blocking sleep inside (no GIL)", blocking_io(200.0))]:
+        print(f"\n## Contended: 8 threads share 2 permits, {title}, {secs}s each")
+        extra = []
+        for label, make in [
+            ("threading.Semaphore", lambda: threading.Semaphore(2)),
+            ("interlock.Semaphore (fair)", lambda: interlock.Semaphore("c-thr", 2, url="memory://bench-c")),
+        ]:
+            tput, counts = contended_threads(make, 8, secs, body)
+            extra.append(tput)
+            print(f"  {label:28s} {tput:10.0f} acq/s   per-worker max/min {spread(counts):8.2f}")
+        print(f"  throughput ratio interlock/threading: {extra[1] / extra[0]:.2f}x")
 
     print(f"\n## Contended: 100 tasks share 2 permits, sleep(0) inside, {secs}s each")
     arows = []

@@ -14,7 +14,8 @@
  *                              for everything else: other backends, debug mode, waiting, arguments)
  *
  * Everything that waits (the waiter queue, cancellation, timeouts, deadlock detection, thread and task
- * death) stays in Python.
+ * death) stays in Python, except the common contended cases: see the "contended handoff" section at
+ * the end of this file (ChannelState._release_contended / _acquire_contended).
  *
  * Mutex discipline: the fast paths hold the channel mutex only inside C. No Python code runs while it
  * is held, except finalizers run by a garbage collection that an allocation may trigger (exactly as in
@@ -1321,6 +1322,515 @@ configure(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ============================================================================================== */
+/* Contended handoff (thread waiters).                                                             */
+/*                                                                                                 */
+/*   ChannelState._release_contended  twin: memory.py _MemoryChannelBase.release (with its          */
+/*                                    _wake_granted while the head is a ThreadWaiter or a TaskWaiter */
+/*                                    of the loop running in the releasing thread)                  */
+/*   ChannelState._acquire_contended  twin: memory.py _MemoryChannelBase.acquire (+ _wait_thread)   */
+/*                                    for a blocking semaphore wait without timeout                 */
+/*                                                                                                 */
+/* Why in C: under contention every grant is a handoff to a parked thread, and that thread's wake-up */
+/* (a futex wake, about 5 us on the 2-core VM) is on the critical path. Two things make it longer    */
+/* in Python: the releaser runs several Python frames before the wake, and after it the releaser     */
+/* keeps the GIL for the frames of its own re-acquire, so the woken thread finds the GIL taken,      */
+/* parks on the GIL's condition variable and needs a second wake-up. Here the wake is the first      */
+/* thing done once the permits are back, and a releaser that has to queue again drops the GIL within */
+/* a few hundred ns. The queue rule is unchanged: strict FIFO from the head, one mutex, the state of  */
+/* a waiter changes only under it (_core/waiter.py). Anything else (a TaskWaiter at the head, a      */
+/* timeout, an owned primitive with deadlock tracking, a running event loop, an exception while      */
+/* blocked) is handed to the same Python methods as before.                                         */
+
+static PyTypeObject *ThreadWaiter_type = NULL;  /* interlock._core.waiter.ThreadWaiter */
+static PyTypeObject *TaskWaiter_type = NULL;    /* interlock._core.waiter.TaskWaiter */
+static PyObject *py_acquire_full = NULL;        /* _MemoryChannelBase.acquire */
+static PyObject *py_release_full = NULL;        /* _MemoryChannelBase.release */
+static PyObject *allocate_lock_fn = NULL;       /* _thread.allocate_lock */
+static PyObject *waiting_obj = NULL, *granted_obj = NULL;  /* _core.waiter.WAITING / GRANTED */
+static Py_ssize_t off_w_lease, off_w_mode, off_w_owner, off_w_permits, off_w_since, off_w_site, off_w_state,
+    off_w_lock, off_w_fut, off_w_loop;
+static PyObject *s_wake_granted, *s_withdraw, *s_popleft, *s_append, *s_owned, *s_bounded, *s_capacity,
+    *s_spare_lock, *s_done, *s_set_result;
+
+/* a __slots__ member of a waiter (offsets checked by configure_handoff); borrowed, NULL if unset */
+#define WSLOT(w, off) (*(PyObject **)((char *)(w) + (off)))
+
+static inline void
+wslot_set(PyObject *w, Py_ssize_t off, PyObject *value)  /* steals `value` */
+{
+    PyObject **p = (PyObject **)((char *)w + off);
+    Py_XSETREF(*p, value);
+}
+
+static int handoff_loop(ChannelState *self, PyObject **running_loop);
+
+/* The kind of waiter the C handoff serves: 1 a ThreadWaiter, 2 a TaskWaiter of the event loop running in
+   this thread (its future can be resolved directly, as TaskWaiter.wake does), 0 anything else (the
+   Python _wake_granted serves it: another loop's task needs call_soon_threadsafe, which can fail). */
+static int
+waiter_kind(PyObject *w, PyObject **running_loop)
+{
+    if (Py_IS_TYPE(w, ThreadWaiter_type)) {
+        return WSLOT(w, off_w_lock) != NULL ? 1 : 0;
+    }
+    if (TaskWaiter_type == NULL || !Py_IS_TYPE(w, TaskWaiter_type) || WSLOT(w, off_w_fut) == NULL
+        || get_running_loop_fn == NULL) {
+        return 0;
+    }
+    if (*running_loop == NULL && (*running_loop = PyObject_CallNoArgs(get_running_loop_fn)) == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    return WSLOT(w, off_w_loop) == *running_loop && *running_loop != Py_None ? 2 : 0;
+}
+
+/* Wake a granted waiter of kind 1 or 2 (twins: ThreadWaiter.wake, TaskWaiter.wake on its own loop). */
+static int
+wake_waiter(PyObject *w, int kind)
+{
+    PyObject *r;
+    if (kind == 1) {
+        /* its lock was taken when it was made and only this grant can free it */
+        r = PyObject_CallMethodNoArgs(WSLOT(w, off_w_lock), s_release);
+    }
+    else {
+        PyObject *fut = WSLOT(w, off_w_fut);
+        if ((r = PyObject_CallMethodNoArgs(fut, s_done)) == NULL) {
+            return -1;
+        }
+        int done = PyObject_IsTrue(r);
+        Py_DECREF(r);
+        if (done < 0) {
+            return -1;
+        }
+        /* a done future: its task was cancelled meanwhile and gives the grant back (_withdraw) */
+        r = done ? Py_NewRef(Py_None) : PyObject_CallMethodOneArg(fut, s_set_result, Py_None);
+    }
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
+/* Twin of _wake_granted while the head is a waiter that waiter_kind() accepts: grant from the head, in
+   FIFO order, while the head fits. Caller holds the mutex. Returns 0 when done, 1 when the head is
+   another kind of waiter (the caller runs the Python _wake_granted for the rest), -1 with an exception. */
+static int
+handoff_locked(ChannelState *self)
+{
+    PyObject *running_loop = NULL;
+    int r = handoff_loop(self, &running_loop);
+    Py_XDECREF(running_loop);
+    return r;
+}
+
+static int
+handoff_loop(ChannelState *self, PyObject **running_loop)
+{
+    for (;;) {
+        Py_ssize_t n = queue_length(self);
+        if (n <= 0) {
+            return (int)n;
+        }
+        PyObject *w = PySequence_GetItem(self->waiters, 0);
+        if (w == NULL) {
+            return -1;
+        }
+        PyObject *permits_obj = WSLOT(w, off_w_permits);
+        int kind = waiter_kind(w, running_loop);
+        if (kind == 0 || permits_obj == NULL || !PyLong_CheckExact(permits_obj)) {
+            Py_DECREF(w);
+            return 1;
+        }
+        Py_ssize_t permits = PyLong_AsSsize_t(permits_obj);
+        if (permits > self->available) {  /* head-of-line: nobody passes a head that does not fit */
+            Py_DECREF(w);
+            return 0;
+        }
+        PyObject *owner = WSLOT(w, off_w_owner), *site = WSLOT(w, off_w_site), *mode = WSLOT(w, off_w_mode);
+        if (owner == NULL || site == NULL || mode == NULL) {
+            Py_DECREF(w);
+            return 1;
+        }
+        PyObject *lease = grant_locked(self, permits, permits_obj, owner, site, mode);
+        if (lease == NULL) {
+            Py_DECREF(w);
+            return -1;
+        }
+        /* committed. The waiter leaves the queue exactly when it leaves WAITING; the wake comes first
+           (it starts the woken thread's OS wake-up), the popleft still under this mutex, and the woken
+           waiter reads only its own lease and state. */
+        wslot_set(w, off_w_lease, lease);
+        wslot_set(w, off_w_state, Py_NewRef(granted_obj));
+        int e = wake_waiter(w, kind);
+        PyObject *popped = PyObject_CallMethodNoArgs(self->waiters, s_popleft);  /* cannot fail: n > 0 */
+        Py_XDECREF(popped);
+        Py_DECREF(w);
+        if (e < 0) {
+            return -1;
+        }
+    }
+}
+
+/* twin: _MemoryChannelBase.release. Return `permits` of `lease` and hand them to the head waiter(s). */
+static PyObject *
+ChannelState_release_contended(ChannelState *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t permits, held, nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    int ab = 0, err = 0;
+    PyObject *lease, *token, *rec, *cb;
+    if (nargs < 2 || nargs + nkw > 3
+        || (nkw == 1 && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "abandoned") != 0)) {
+        PyErr_SetString(PyExc_TypeError, "_release_contended(lease, permits, abandoned=False)");
+        return NULL;
+    }
+    lease = args[0];
+    if (get_permits(args[1], &permits) < 0 || (nargs + nkw == 3 && (ab = PyObject_IsTrue(args[2])) < 0)) {
+        return NULL;
+    }
+    if (self->holders == NULL || self->waiters == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "memory channel not initialised");
+        return NULL;
+    }
+    if ((token = PyObject_GetAttr(lease, s_token)) == NULL) {
+        return NULL;
+    }
+    MutexObject *m = (MutexObject *)self->mutex;
+    if (mutex_lock(m) < 0) {
+        Py_DECREF(token);
+        return NULL;
+    }
+    rec = PyDict_GetItemWithError(self->holders, token);  /* borrowed */
+    if (rec == NULL) {
+        err = PyErr_Occurred() ? -1 : 0;  /* not held (any more): nothing to return */
+    }
+    else if (!PyTuple_CheckExact(rec) || PyTuple_GET_SIZE(rec) != 4
+             || (held = PyLong_AsSsize_t(PyTuple_GET_ITEM(rec, 1))) < 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError, "corrupt holder record");
+        }
+        err = -1;
+    }
+    else {
+        Py_INCREF(rec);
+        if (permits < held) {  /* partial release: keep the rest */
+            PyObject *rest = PyLong_FromSsize_t(held - permits), *nrec = NULL;
+            if (rest != NULL) {
+                nrec = PyTuple_Pack(4, PyTuple_GET_ITEM(rec, 0), rest, PyTuple_GET_ITEM(rec, 2),
+                                    PyTuple_GET_ITEM(rec, 3));
+                Py_DECREF(rest);
+            }
+            err = nrec == NULL ? -1 : PyDict_SetItem(self->holders, token, nrec);
+            Py_XDECREF(nrec);
+            held = permits;
+        }
+        else {
+            err = PyDict_DelItem(self->holders, token);
+        }
+        if (err == 0) {
+            self->available += held;
+            if (ab) {
+                self->prev_died = 1;
+            }
+            int h = handoff_locked(self);
+            if (h == 1) {
+                PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self, s_wake_granted);
+                h = r == NULL ? -1 : 0;
+                Py_XDECREF(r);
+            }
+            err = h;
+        }
+    }
+    mutex_unlock(m);
+    /* references are dropped only now, outside the mutex */
+    Py_XDECREF(rec);
+    Py_DECREF(token);
+    if (err < 0) {
+        return NULL;
+    }
+    if ((cb = PyObject_GetAttr(lease, s_death_cb)) == NULL) {
+        return NULL;
+    }
+    if (cb != Py_None) {
+        Py_DECREF(cb);
+        return PyObject_CallOneArg(untrack_task_death, lease);
+    }
+    Py_DECREF(cb);
+    Py_RETURN_NONE;
+}
+
+/* A ThreadWaiter made without its Python __init__ (same fields: Waiter.__init__, ThreadWaiter.__init__). */
+/* The thread's spare waiter lock, if it has one (a new reference, taken from the thread's state dict), or
+   a new lock; either way locked. A lock goes back to its thread only after a wait that it ended (see
+   ChannelState_acquire_contended): it is locked again then, and nothing else will ever release it. */
+static PyObject *
+take_waiter_lock(void)
+{
+    PyObject *tdict = PyThreadState_GetDict();  /* borrowed */
+    PyObject *lock, *r;
+    if (tdict != NULL && (lock = PyDict_GetItemWithError(tdict, s_spare_lock)) != NULL) {
+        Py_INCREF(lock);
+        if (PyDict_DelItem(tdict, s_spare_lock) < 0) {
+            Py_DECREF(lock);
+            return NULL;
+        }
+        return lock;
+    }
+    if (PyErr_Occurred() || (lock = PyObject_CallNoArgs(allocate_lock_fn)) == NULL) {
+        return NULL;
+    }
+    if ((r = PyObject_CallMethodNoArgs(lock, s_acquire)) == NULL) {  /* a fresh lock: never blocks */
+        Py_DECREF(lock);
+        return NULL;
+    }
+    Py_DECREF(r);
+    return lock;
+}
+
+static PyObject *
+new_thread_waiter(PyObject *permits_obj, PyObject *owner, PyObject *site, PyObject *mode)
+{
+    PyObject *w, *lock, *since;
+    if ((lock = take_waiter_lock()) == NULL) {
+        return NULL;
+    }
+    if ((since = PyFloat_FromDouble(monotonic_seconds())) == NULL) {
+        Py_DECREF(lock);
+        return NULL;
+    }
+    w = ThreadWaiter_type->tp_new(ThreadWaiter_type, empty_tuple, NULL);
+    if (w == NULL) {
+        Py_DECREF(since);
+        Py_DECREF(lock);
+        return NULL;
+    }
+    wslot_set(w, off_w_permits, Py_NewRef(permits_obj));
+    wslot_set(w, off_w_owner, Py_NewRef(owner));
+    wslot_set(w, off_w_site, Py_NewRef(site));
+    wslot_set(w, off_w_mode, Py_NewRef(mode));
+    wslot_set(w, off_w_state, Py_NewRef(waiting_obj));
+    wslot_set(w, off_w_lease, Py_NewRef(Py_None));
+    wslot_set(w, off_w_since, since);
+    wslot_set(w, off_w_lock, lock);
+    return w;
+}
+
+/* twin: _MemoryChannelBase.acquire followed by _wait_thread, for acquire(permits, None, True, owner,
+   site, mode, fair) on a semaphore (not owned: no wait-for graph) from a thread without a running event
+   loop. Every other call goes to the Python method. */
+static PyObject *
+ChannelState_acquire_contended(ChannelState *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), permits, capacity;
+    PyObject *w = NULL, *lease, *v, *r;
+    int fair, owned, bounded;
+    if (nargs != 7 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) || args[1] != Py_None
+        || args[2] != Py_True || get_running_loop_fn == NULL || self->waiters == NULL) {
+        goto python;
+    }
+    PyObject *permits_obj = args[0], *owner = args[3], *site = args[4], *mode = args[5];
+    if (!PyLong_CheckExact(permits_obj) || (permits = PyLong_AsSsize_t(permits_obj)) < 1
+        || (fair = PyObject_IsTrue(args[6])) < 0) {
+        PyErr_Clear();
+        goto python;
+    }
+    /* Owned primitives track their waits in the wait-for graph: the Python method. */
+    if ((v = PyObject_GetAttr((PyObject *)self, s_owned)) == NULL) {
+        return NULL;
+    }
+    owned = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    if (owned < 0) {
+        return NULL;
+    }
+    if (owned) {
+        goto python;
+    }
+    /* The Python method starts with a _try_grant. Under contention the permits are taken or others
+       queue, so it is tried only when this (unlocked, GIL-protected) look says it could succeed; the
+       locked section below decides either way. */
+    if (self->available >= permits && (!fair || queue_length(self) == 0)) {
+        lease = try_grant(self, permits, permits_obj, owner, site, mode, fair);
+        if (lease != Py_None) {
+            return lease;  /* granted, or NULL with an exception */
+        }
+        Py_DECREF(lease);
+    }
+    /* The checks of _check_wait / acquire that send the call to the Python method (which raises). */
+    if ((v = PyObject_GetAttr((PyObject *)self, s_bounded)) == NULL) {
+        return NULL;
+    }
+    bounded = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    if ((v = PyObject_GetAttr((PyObject *)self, s_capacity)) == NULL) {
+        return NULL;
+    }
+    capacity = PyLong_AsSsize_t(v);
+    Py_DECREF(v);
+    if (bounded < 0 || (capacity == -1 && PyErr_Occurred())) {
+        return NULL;
+    }
+    if ((v = PyObject_CallNoArgs(get_running_loop_fn)) == NULL) {
+        return NULL;
+    }
+    int loop_running = v != Py_None;
+    Py_DECREF(v);
+    if (loop_running || (bounded && permits > capacity)) {
+        goto python;
+    }
+    if ((w = new_thread_waiter(permits_obj, owner, site, mode)) == NULL) {
+        return NULL;
+    }
+    MutexObject *m = (MutexObject *)self->mutex;
+    if (mutex_lock(m) < 0) {
+        Py_DECREF(w);
+        return NULL;
+    }
+    Py_ssize_t queued = queue_length(self);
+    if (queued < 0) {
+        lease = NULL;
+    }
+    else if (self->available >= permits && (queued == 0 || !fair)) {  /* freed meanwhile */
+        lease = grant_locked(self, permits, permits_obj, owner, site, mode);
+    }
+    else {
+        r = PyObject_CallMethodOneArg(self->waiters, s_append, w);
+        lease = r == NULL ? NULL : Py_None;
+        Py_XDECREF(r);
+    }
+    mutex_unlock(m);
+    if (lease != Py_None) {
+        Py_DECREF(w);
+        return lease;
+    }
+    /* Queued. Block on the waiter's lock (the GIL is dropped inside): only the handoff releases it,
+       after it set state = GRANTED and stored the lease. */
+    r = PyObject_CallMethodNoArgs(WSLOT(w, off_w_lock), s_acquire);
+    if (r == NULL) {
+        /* KeyboardInterrupt (or another exception from a signal handler) while blocked: as in
+           _wait_thread, withdraw, or give back a grant that raced in, then let it propagate. */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        r = PyObject_CallMethodOneArg((PyObject *)self, s_withdraw, w);
+        if (r == NULL) {
+            PyErr_Clear();  /* the first exception wins, as in the Python `except: ...; raise` */
+        }
+        Py_XDECREF(r);
+        PyErr_Restore(et, ev, tb);
+        Py_DECREF(w);
+        return NULL;
+    }
+    Py_DECREF(r);
+    lease = WSLOT(w, off_w_lease);
+    if (lease == NULL || lease == Py_None || WSLOT(w, off_w_state) != granted_obj) {
+        Py_DECREF(w);
+        PyErr_SetString(PyExc_RuntimeError, "interlock: a thread waiter woke without its grant");
+        return NULL;
+    }
+    Py_INCREF(lease);
+    /* The grant released the lock once and this wait took it back: it is locked, and the waiter is
+       done with, so the thread can use the lock for its next wait. */
+    PyObject *tdict = PyThreadState_GetDict();  /* borrowed */
+    if (tdict != NULL && PyDict_SetItem(tdict, s_spare_lock, WSLOT(w, off_w_lock)) < 0) {
+        PyErr_Clear();  /* only a cache */
+    }
+    Py_DECREF(w);
+    return lease;
+python:
+    return call_with_self(py_acquire_full, (PyObject *)self, args, nargs, kwnames);
+}
+
+static PyMethodDef handoff_methods[] = {
+    {"_release_contended", (PyCFunction)(void (*)(void))ChannelState_release_contended,
+     METH_FASTCALL | METH_KEYWORDS,
+     "_release_contended($self, lease, permits, abandoned=False)\n--\n\n"
+     "Return permits and hand them to the head waiter(s) (twin: _MemoryChannelBase.release)."},
+    {"_acquire_contended", (PyCFunction)(void (*)(void))ChannelState_acquire_contended,
+     METH_FASTCALL | METH_KEYWORDS,
+     "_acquire_contended($self, permits, timeout, blocking, owner, site, mode, fair, /)\n--\n\n"
+     "Grant, or queue and block (twin: _MemoryChannelBase.acquire)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject *
+configure_handoff(PyObject *module, PyObject *args)
+{
+    PyObject *tw, *kw, *acq, *rel, *alloc, *waiting, *granted;
+    if (!PyArg_ParseTuple(args, "O!O!OOOOO:configure_handoff", &PyType_Type, &tw, &PyType_Type, &kw, &acq, &rel,
+                          &alloc, &waiting, &granted)) {
+        return NULL;
+    }
+    if ((off_w_fut = slot_offset(kw, "fut")) <= 0 || (off_w_loop = slot_offset(kw, "loop")) <= 0
+        || slot_offset(kw, "state") != slot_offset(tw, "state") || slot_offset(kw, "lease") != slot_offset(tw, "lease")
+        || slot_offset(kw, "permits") != slot_offset(tw, "permits")) {
+        PyErr_SetString(PyExc_TypeError, "TaskWaiter must share the Waiter __slots__ and have fut and loop");
+        return NULL;
+    }
+    Py_XSETREF(TaskWaiter_type, (PyTypeObject *)Py_NewRef(kw));
+    Py_ssize_t *offs[] = {&off_w_lease, &off_w_mode, &off_w_owner, &off_w_permits, &off_w_since, &off_w_site,
+                          &off_w_state, &off_w_lock};
+    const char *names[] = {"lease", "mode", "owner", "permits", "since", "site", "state", "_lock"};
+    for (int i = 0; i < 8; i++) {
+        if ((*offs[i] = slot_offset(tw, names[i])) <= 0) {
+            PyErr_Format(PyExc_TypeError, "ThreadWaiter must have the __slots__ member %s", names[i]);
+            return NULL;
+        }
+    }
+    if (((PyTypeObject *)tw)->tp_new != PyBaseObject_Type.tp_new) {
+        PyErr_SetString(PyExc_TypeError, "ThreadWaiter must use object.__new__");
+        return NULL;
+    }
+    Py_XSETREF(ThreadWaiter_type, (PyTypeObject *)Py_NewRef(tw));
+    Py_XSETREF(py_acquire_full, Py_NewRef(acq));
+    Py_XSETREF(py_release_full, Py_NewRef(rel));
+    Py_XSETREF(allocate_lock_fn, Py_NewRef(alloc));
+    Py_XSETREF(waiting_obj, Py_NewRef(waiting));
+    Py_XSETREF(granted_obj, Py_NewRef(granted));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef handoff_module_methods[] = {
+    {"configure_handoff", configure_handoff, METH_VARARGS,
+     "configure_handoff(ThreadWaiter, TaskWaiter, acquire, release, allocate_lock, WAITING, GRANTED, /)\n--\n\n"
+     "Set what the contended handoff uses (the waiter class and the Python fallbacks)."},
+    {NULL, NULL, 0, NULL},
+};
+
+/* Called by PyInit: the methods of this section, added to ChannelState and to the module. */
+#define INTERN_INT(var, text) \
+    if ((var = PyUnicode_InternFromString(text)) == NULL) return -1;
+
+static int
+handoff_init(PyObject *module)
+{
+    INTERN_INT(s_wake_granted, "_wake_granted");
+    INTERN_INT(s_withdraw, "_withdraw");
+    INTERN_INT(s_popleft, "popleft");
+    INTERN_INT(s_append, "append");
+    INTERN_INT(s_owned, "_owned");
+    INTERN_INT(s_bounded, "bounded");
+    INTERN_INT(s_capacity, "capacity");
+    INTERN_INT(s_spare_lock, "interlock._speedups.spare_waiter_lock");
+    INTERN_INT(s_done, "done");
+    INTERN_INT(s_set_result, "set_result");
+    for (PyMethodDef *d = handoff_methods; d->ml_name != NULL; d++) {
+        PyObject *descr = PyDescr_NewMethod(&ChannelState_Type, d);
+        int e = descr == NULL ? -1 : PyDict_SetItemString(ChannelState_Type.tp_dict, d->ml_name, descr);
+        Py_XDECREF(descr);
+        if (e < 0) {
+            return -1;
+        }
+    }
+    PyType_Modified(&ChannelState_Type);
+    return PyModule_AddFunctions(module, handoff_module_methods);
+}
+
+/* ============================================================================================== */
+/* end of the contended handoff section                                                            */
+
 static PyMethodDef module_methods[] = {
     {"configure", configure, METH_VARARGS,
      "configure(Lease, untrack_task_death, /)\n--\n\nSet the classes and hooks the fast paths use."},
@@ -1386,6 +1896,10 @@ PyInit__speedups(void)
     }
     if (PyModule_AddObjectRef(m, "Mutex", (PyObject *)&Mutex_Type) < 0
         || PyModule_AddObjectRef(m, "ChannelState", (PyObject *)&ChannelState_Type) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (handoff_init(m) < 0) {  /* the contended handoff section */
         Py_DECREF(m);
         return NULL;
     }

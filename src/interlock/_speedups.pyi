@@ -37,6 +37,11 @@ class ChannelState:
     def _grant_locked(self, permits: int, owner: Any, site: Any, mode: str, /) -> Lease: ...
     def _try_grant(self, permits: int, owner: Any, site: Any, mode: str, fair: bool, /) -> Lease | None: ...
     def release(self, lease: Lease, permits: int, abandoned: bool = False) -> None: ...
+    # the contended handoff section
+    def _release_contended(self, lease: Lease, permits: int, abandoned: bool = False) -> None: ...
+    def _acquire_contended(
+        self, permits: int, timeout: float | None, blocking: bool, owner: Any, site: Any, mode: str, fair: bool, /
+    ) -> Lease: ...
 
 def configure(lease_type: type[Lease], untrack_task_death: Callable[[Lease], None], /) -> None: ...
 def bind_facades(
@@ -48,5 +53,17 @@ def bind_facades(
     task_owner: Callable[[], Any],
     thread_owner_type: type[Any],
     task_lookup: tuple[Callable[[], Any], dict[Any, Any] | None, Callable[[Any], Any]],
+    /,
+) -> None: ...
+
+# the contended handoff section
+def configure_handoff(
+    thread_waiter: type[Any],
+    task_waiter: type[Any],
+    acquire: Callable[..., Lease],
+    release: Callable[..., None],
+    allocate_lock: Callable[[], Any],
+    waiting: int,
+    granted: int,
     /,
 ) -> None: ...

@@ -25,6 +25,8 @@ WAITING = 0
 GRANTED = 1
 CANCELLED = 2
 
+_monotonic = time.monotonic
+
 
 class Waiter:
     __slots__ = ("lease", "mode", "owner", "permits", "since", "site", "state")
@@ -49,7 +51,15 @@ class ThreadWaiter(Waiter):
     __slots__ = ("_lock",)
 
     def __init__(self, permits: int, owner: Any, site: Any, mode: str) -> None:
-        super().__init__(permits, owner, site, mode)
+        # Waiter.__init__ inline: one frame less on every contended acquire. (The native channel makes
+        # its ThreadWaiters in C with the same fields: _speedups.c new_thread_waiter.)
+        self.permits = permits
+        self.owner = owner
+        self.site = site
+        self.mode = mode
+        self.state = WAITING
+        self.lease: Lease | None = None
+        self.since = _monotonic()
         self._lock = _thread.allocate_lock()
         self._lock.acquire()
 
@@ -73,7 +83,14 @@ class TaskWaiter(Waiter):
     __slots__ = ("fut", "loop")
 
     def __init__(self, permits: int, owner: Any, site: Any, mode: str, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(permits, owner, site, mode)
+        # Waiter.__init__ inline: one frame less on every contended task acquire.
+        self.permits = permits
+        self.owner = owner
+        self.site = site
+        self.mode = mode
+        self.state = WAITING
+        self.lease: Lease | None = None
+        self.since = _monotonic()
         self.loop = loop
         self.fut: asyncio.Future[None] = loop.create_future()
 

@@ -280,10 +280,8 @@ class _MemoryChannelBase(Channel):
             if self._owned:
                 track_task_death(lease)
             return lease
-        return await self._wait_task(w, timeout, loop)
-
-    async def _wait_task(self, w: TaskWaiter, timeout: float | None, loop: asyncio.AbstractEventLoop) -> Lease:
-        owner = w.owner
+        # The wait, inline (one coroutine less per contended acquire): no await before `await w.fut`, so a
+        # cancellation finds the waiter either not queued yet or queued and covered by the except below.
         timer = None
         track = self._owned
         if track:
@@ -312,7 +310,7 @@ class _MemoryChannelBase(Channel):
             )
         lease = w.lease
         assert lease is not None
-        if self._owned:
+        if track:
             track_task_death(lease)
         return lease
 
@@ -444,10 +442,17 @@ class MemoryChannel(_NativeState, _MemoryChannelBase):
 
     if _native is not None:
         _mutex_factory = _native.Mutex
+        # The contended paths in C (see the "contended handoff" section of _speedups.c): the release
+        # that hands permits to queued threads, and a semaphore's blocking wait. Each calls the Python
+        # method of _MemoryChannelBase for every case it does not handle.
+        _release_py = _native.ChannelState._release_contended
+        acquire = _native.ChannelState._acquire_contended  # type: ignore[assignment]
 
 
 if _native is not None:
     _native.configure(Lease, untrack_task_death)
+    _native.configure_handoff(ThreadWaiter, TaskWaiter, _MemoryChannelBase.acquire, _MemoryChannelBase.release,
+                              _thread.allocate_lock, WAITING, GRANTED)
 
 
 def accelerated() -> bool:

@@ -44,7 +44,7 @@ static PyObject *tls = NULL;                 /* interlock._core.owner._tls */
 static PyObject *thread_owner_fn = NULL;     /* interlock._core.owner.thread_owner */
 static PyObject *lease_module_dict = NULL;   /* interlock._lease.__dict__ (for _debug) */
 static PyObject *empty_tuple = NULL;
-static PyObject *one = NULL;  /* int 1: Lease._state RELEASED */
+static PyObject *one = NULL;  /* int 1: one permit */
 
 /* Python fallbacks of the facade methods (the twins in _primitives.py) */
 static PyObject *py_sem_enter, *py_sem_exit, *py_sem_acquire, *py_sem_aenter, *py_sem_aexit;
@@ -57,10 +57,8 @@ static PyTypeObject *ThreadOwner_type = NULL;
 
 static unsigned long long token_counter = 0;  /* twin: memory.py _tokens = itertools.count(1) */
 
-static PyObject *s_channel, *s_token, *s_permits, *s_owner, *s_site, *s_mode, *s_acquired_at,
-    *s_previous_owner_died, *s_release, *s_release_slow, *s_death_cb, *s_state, *s_debug, *s_ch,
-    *s_fair, *s_cm, *s_cm_stack, *s_acquire, *s_permits_mode, *s_exclusive, *s_acquire_async, *s_r_lease,
-    *s_r_depth, *s_reentrant, *s_owner_key;
+static PyObject *s_owner, *s_release, *s_release_slow, *s_debug, *s_ch, *s_fair, *s_cm, *s_cm_stack,
+    *s_acquire, *s_permits_mode, *s_exclusive, *s_acquire_async, *s_reentrant, *s_owner_key;
 
 static PyTypeObject Mutex_Type;
 static PyTypeObject ChannelState_Type;
@@ -228,6 +226,208 @@ static PyTypeObject Mutex_Type = {
 };
 
 /* ---------------------------------------------------------------------------------------------- */
+/* LeaseBase: the fields of a Lease in a C struct (twin: _lease._PyLeaseBase).                     */
+/*                                                                                                */
+/* interlock._lease.Lease subclasses it and keeps every method, docstring and behaviour in Python. */
+/* What C adds: the fields are member descriptors of this struct (no instance dict), the grant     */
+/* fills them with direct stores, and the finalizer is a C tp_finalize that costs nothing unless   */
+/* the Lease is still HELD; only then does it call Lease._on_garbage_collected(), the one copy of  */
+/* the leak path (the pure twin's __del__ calls the same method). file:// and redis:// create their */
+/* leases with Lease.__new__ / Lease(...) and attribute stores, which the member descriptors serve. */
+
+#define LEASE_HELD 0
+#define LEASE_RELEASED 1
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *channel;        /* _channel (T_OBJECT_EX: unset until the grant sets it) */
+    PyObject *token;
+    PyObject *permits;
+    PyObject *owner;
+    PyObject *site;           /* _site */
+    PyObject *mode;
+    PyObject *acquired_at;    /* a float, shared with the holder record */
+    PyObject *deadline;       /* _deadline, None when the lease does not expire */
+    PyObject *lost_callbacks; /* _lost_callbacks */
+    PyObject *lost_reason;    /* _lost_reason */
+    PyObject *backend_data;
+    PyObject *death_cb;       /* _death_cb */
+    PyObject *weakreflist;
+    int state;                /* _state: HELD 0, RELEASED 1, LOST 2, ABANDONED 3 */
+    char prev_died;           /* previous_owner_died */
+} LeaseObject;
+
+static PyTypeObject LeaseBase_Type;
+static PyObject *s_on_garbage_collected;
+
+#define IS_LEASE(o) PyObject_TypeCheck((o), &LeaseBase_Type)
+
+static PyObject *
+LeaseBase_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    /* Arguments are Lease.__init__'s business; every field starts unset/None, _state HELD. */
+    return type->tp_alloc(type, 0);
+}
+
+static int
+LeaseBase_traverse(LeaseObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->channel);
+    Py_VISIT(self->token);
+    Py_VISIT(self->permits);
+    Py_VISIT(self->owner);
+    Py_VISIT(self->site);
+    Py_VISIT(self->mode);
+    Py_VISIT(self->acquired_at);
+    Py_VISIT(self->deadline);
+    Py_VISIT(self->lost_callbacks);
+    Py_VISIT(self->lost_reason);
+    Py_VISIT(self->backend_data);
+    Py_VISIT(self->death_cb);
+    return 0;
+}
+
+static int
+LeaseBase_clear(LeaseObject *self)
+{
+    Py_CLEAR(self->channel);
+    Py_CLEAR(self->token);
+    Py_CLEAR(self->permits);
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->site);
+    Py_CLEAR(self->mode);
+    Py_CLEAR(self->acquired_at);
+    Py_CLEAR(self->deadline);
+    Py_CLEAR(self->lost_callbacks);
+    Py_CLEAR(self->lost_reason);
+    Py_CLEAR(self->backend_data);
+    Py_CLEAR(self->death_cb);
+    return 0;
+}
+
+/* twin: _PyLeaseBase.__del__. Runs once per object (PEP 442), also for cycles; the leak path may
+   resurrect the Lease (the reaper thread queues it), which tp_finalize allows. */
+static void
+LeaseBase_finalize(LeaseObject *self)
+{
+    if (self->state != LEASE_HELD) {
+        return;
+    }
+    PyObject *et, *ev, *tb, *r;
+    PyErr_Fetch(&et, &ev, &tb);
+    r = PyObject_CallMethodNoArgs((PyObject *)self, s_on_garbage_collected);
+    if (r == NULL) {
+        PyErr_WriteUnraisable((PyObject *)self);
+    }
+    else {
+        Py_DECREF(r);
+    }
+    PyErr_Restore(et, ev, tb);
+}
+
+static void
+LeaseBase_dealloc(LeaseObject *self)
+{
+    /* Called directly for LeaseBase itself, and by the subclass's dealloc (which has already run the
+       finalizer; a second call returns at once). */
+    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
+        return;  /* resurrected */
+    }
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    LeaseBase_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+lease_state_get(LeaseObject *self, void *closure)
+{
+    return PyLong_FromLong(self->state);
+}
+
+static int
+lease_state_set(LeaseObject *self, PyObject *value, void *closure)
+{
+    long v;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_state cannot be deleted");
+        return -1;
+    }
+    if (!PyLong_Check(value) || (v = PyLong_AsLong(value)) < 0 || v > 3) {
+        if (!PyErr_Occurred() || PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_ValueError, "_state must be HELD, RELEASED, LOST or ABANDONED (0-3)");
+        }
+        return -1;
+    }
+    self->state = (int)v;
+    return 0;
+}
+
+static PyObject *
+lease_prev_died_get(LeaseObject *self, void *closure)
+{
+    return PyBool_FromLong(self->prev_died);
+}
+
+static int
+lease_prev_died_set(LeaseObject *self, PyObject *value, void *closure)
+{
+    int v;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "previous_owner_died cannot be deleted");
+        return -1;
+    }
+    if ((v = PyObject_IsTrue(value)) < 0) {
+        return -1;
+    }
+    self->prev_died = (char)v;
+    return 0;
+}
+
+static PyGetSetDef LeaseBase_getset[] = {
+    {"_state", (getter)lease_state_get, (setter)lease_state_set, "HELD 0, RELEASED 1, LOST 2, ABANDONED 3", NULL},
+    {"previous_owner_died", (getter)lease_prev_died_get, (setter)lease_prev_died_set,
+     "True when this grant follows a holder that never released", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef LeaseBase_members[] = {
+    {"_channel", T_OBJECT_EX, offsetof(LeaseObject, channel), 0, NULL},
+    {"token", T_OBJECT_EX, offsetof(LeaseObject, token), 0, "the fencing token"},
+    {"permits", T_OBJECT_EX, offsetof(LeaseObject, permits), 0, "how many permits this lease holds"},
+    {"owner", T_OBJECT_EX, offsetof(LeaseObject, owner), 0, "the thread or task that acquired it"},
+    {"_site", T_OBJECT_EX, offsetof(LeaseObject, site), 0, NULL},
+    {"mode", T_OBJECT_EX, offsetof(LeaseObject, mode), 0, "exclusive, shared or permits"},
+    {"acquired_at", T_OBJECT_EX, offsetof(LeaseObject, acquired_at), 0, "time.monotonic() of the grant"},
+    /* T_OBJECT: unset reads as None, the default of these fields */
+    {"_deadline", T_OBJECT, offsetof(LeaseObject, deadline), 0, NULL},
+    {"_lost_callbacks", T_OBJECT, offsetof(LeaseObject, lost_callbacks), 0, NULL},
+    {"_lost_reason", T_OBJECT, offsetof(LeaseObject, lost_reason), 0, NULL},
+    {"backend_data", T_OBJECT, offsetof(LeaseObject, backend_data), 0, "the backend's own record"},
+    {"_death_cb", T_OBJECT, offsetof(LeaseObject, death_cb), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject LeaseBase_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "interlock._speedups.LeaseBase",
+    .tp_doc = "The fields and finalizer of interlock.Lease in C (twin: interlock._lease._PyLeaseBase).",
+    .tp_basicsize = sizeof(LeaseObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = LeaseBase_new,
+    .tp_dealloc = (destructor)LeaseBase_dealloc,
+    .tp_traverse = (traverseproc)LeaseBase_traverse,
+    .tp_clear = (inquiry)LeaseBase_clear,
+    .tp_finalize = (destructor)LeaseBase_finalize,
+    .tp_weaklistoffset = offsetof(LeaseObject, weakreflist),
+    .tp_members = LeaseBase_members,
+    .tp_getset = LeaseBase_getset,
+};
+
+/* ---------------------------------------------------------------------------------------------- */
 /* ChannelState: the state of one memory:// primitive, base class of the native MemoryChannel.     */
 
 typedef struct {
@@ -293,19 +493,19 @@ queue_length(ChannelState *self)
     return self->waiters == NULL ? 0 : PyObject_Length(self->waiters);
 }
 
-/* Lease attribute stores: Lease has no __setattr__ of its own (checked by configure()), so the generic
-   store is what PyObject_SetAttr would call, minus its dispatch (names are interned already). */
-#define SET(obj, name, value) PyObject_GenericSetAttr((obj), (name), (value))
-
 /* twin: memory.py _PyChannelState._grant_locked. Caller holds the mutex and checked that the permits
    fit. Every allocation comes first; the shared state changes only at the end, by stores that cannot
-   fail or run Python code, so a failure (MemoryError) leaves nothing behind. */
+   fail or run Python code, so a failure (MemoryError) leaves nothing behind. The Lease is allocated
+   with tp_alloc (Lease is a subclass of LeaseBase with no fields of its own, checked by configure())
+   and filled by direct stores: no Python __new__/__init__ runs. */
 static PyObject *
 grant_locked(ChannelState *self, Py_ssize_t permits, PyObject *permits_obj, PyObject *owner,
              PyObject *site, PyObject *mode)
 {
-    PyObject *token = NULL, *lease = NULL, *at = NULL, *rec = NULL;
-    if (self->holders == NULL) {
+    PyObject *token = NULL, *at = NULL, *rec = NULL;
+    LeaseObject *lease = NULL;
+    PyTypeObject *lt = (PyTypeObject *)Lease_type;
+    if (self->holders == NULL || lt == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "memory channel not initialised");
         return NULL;
     }
@@ -313,20 +513,13 @@ grant_locked(ChannelState *self, Py_ssize_t permits, PyObject *permits_obj, PyOb
     if (token == NULL) {
         return NULL;
     }
-    lease = ((PyTypeObject *)Lease_type)->tp_new((PyTypeObject *)Lease_type, empty_tuple, NULL);
+    lease = (LeaseObject *)lt->tp_alloc(lt, 0);
     if (lease == NULL) {
         goto fail;
     }
+    /* From here a failure drops a Lease whose _state is HELD: mark it released first (below). */
     at = PyFloat_FromDouble(monotonic_seconds());
     if (at == NULL) {
-        goto fail;
-    }
-    if (SET(lease, s_channel, (PyObject *)self) < 0 || SET(lease, s_token, token) < 0
-        || SET(lease, s_permits, permits_obj) < 0 || SET(lease, s_owner, owner) < 0
-        || SET(lease, s_site, site) < 0 || SET(lease, s_mode, mode) < 0 || SET(lease, s_acquired_at, at) < 0) {
-        goto fail;
-    }
-    if (self->prev_died && SET(lease, s_previous_owner_died, Py_True) < 0) {
         goto fail;
     }
     rec = PyTuple_Pack(4, owner, permits_obj, at, mode);
@@ -334,21 +527,23 @@ grant_locked(ChannelState *self, Py_ssize_t permits, PyObject *permits_obj, PyOb
         goto fail;
     }
     /* committed: plain stores from here on */
+    lease->channel = Py_NewRef((PyObject *)self);
+    lease->token = token;  /* the reference taken above */
+    lease->permits = Py_NewRef(permits_obj);
+    lease->owner = Py_NewRef(owner);
+    lease->site = Py_NewRef(site);
+    lease->mode = Py_NewRef(mode);
+    lease->acquired_at = at;  /* the reference taken above */
+    lease->prev_died = self->prev_died;
     Py_DECREF(rec);
-    Py_DECREF(at);
-    Py_XSETREF(self->last_token, token);
+    Py_XSETREF(self->last_token, Py_NewRef(token));
     self->prev_died = 0;
     self->available -= permits;
-    return lease;
+    return (PyObject *)lease;
 fail:
     /* Nothing was committed. A half-built Lease must not look held to its finalizer. */
     if (lease != NULL) {
-        PyObject *et, *ev, *tb;
-        PyErr_Fetch(&et, &ev, &tb);
-        if (PyObject_SetAttr(lease, s_state, one) < 0) {
-            PyErr_Clear();
-        }
-        PyErr_Restore(et, ev, tb);
+        lease->state = LEASE_RELEASED;
     }
     Py_XDECREF(rec);
     Py_XDECREF(at);
@@ -435,10 +630,16 @@ channel_release(ChannelState *self, PyObject *lease, PyObject *permits_obj, int 
     if (permits_obj != NULL && get_permits(permits_obj, &permits) < 0) {
         return NULL;
     }
-    token = PyObject_GetAttr(lease, s_token);
-    if (token == NULL) {
+    if (!IS_LEASE(lease)) {
+        PyErr_SetString(PyExc_TypeError, "release() needs an interlock.Lease");
         return NULL;
     }
+    token = ((LeaseObject *)lease)->token;
+    if (token == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "this Lease has no token");
+        return NULL;
+    }
+    Py_INCREF(token);
     MutexObject *m = (MutexObject *)self->mutex;
     if (mutex_lock(m) < 0) {
         Py_DECREF(token);
@@ -481,10 +682,12 @@ channel_release(ChannelState *self, PyObject *lease, PyObject *permits_obj, int 
         return NULL;
     }
     if (!handled) {
-        PyObject *r, *p = permits_obj != NULL ? Py_NewRef(permits_obj) : PyObject_GetAttr(lease, s_permits);
+        PyObject *r, *p = permits_obj != NULL ? permits_obj : ((LeaseObject *)lease)->permits;
         if (p == NULL) {
+            PyErr_SetString(PyExc_AttributeError, "this Lease has no permits");
             return NULL;
         }
+        Py_INCREF(p);
         PyObject *args[4] = {(PyObject *)self, lease, p, abandoned ? Py_True : Py_False};
         r = PyObject_VectorcallMethod(s_release_slow, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
         Py_DECREF(p);
@@ -493,15 +696,10 @@ channel_release(ChannelState *self, PyObject *lease, PyObject *permits_obj, int 
     if (thread_owned) {
         Py_RETURN_NONE;
     }
-    cb = PyObject_GetAttr(lease, s_death_cb);
-    if (cb == NULL) {
-        return NULL;
-    }
-    if (cb != Py_None) {
-        Py_DECREF(cb);
+    cb = ((LeaseObject *)lease)->death_cb;
+    if (cb != NULL && cb != Py_None) {
         return PyObject_CallOneArg(untrack_task_death, lease);
     }
-    Py_DECREF(cb);
     Py_RETURN_NONE;
 }
 
@@ -511,28 +709,19 @@ channel_release(ChannelState *self, PyObject *lease, PyObject *permits_obj, int 
 static PyObject *
 lease_release(PyObject *lease, PyObject *ch)
 {
-    PyObject *state = PyObject_GetAttr(lease, s_state), *r;
-    if (state == NULL) {
-        return NULL;
-    }
-    int held = PyLong_CheckExact(state) && PyLong_AsLong(state) == 0;
-    Py_DECREF(state);
-    if (!held) {
+    LeaseObject *l = (LeaseObject *)lease;
+    if (!IS_LEASE(lease) || l->state != LEASE_HELD) {
         return PyObject_CallMethodNoArgs(lease, s_release);  /* lost or already released */
     }
     if (ch == NULL) {
-        if ((ch = PyObject_GetAttr(lease, s_channel)) == NULL) {
-            return NULL;
-        }
+        ch = l->channel;
     }
-    else {
-        Py_INCREF(ch);
-    }
-    if (!IS_NATIVE(ch)) {
-        Py_DECREF(ch);
+    if (ch == NULL || !IS_NATIVE(ch)) {
         return PyObject_CallMethodNoArgs(lease, s_release);
     }
-    r = PyObject_SetAttr(lease, s_state, one) < 0 ? NULL : channel_release((ChannelState *)ch, lease, NULL, 0);
+    Py_INCREF(ch);
+    l->state = LEASE_RELEASED;
+    PyObject *r = channel_release((ChannelState *)ch, lease, NULL, 0);
     Py_DECREF(ch);
     return r;
 }
@@ -725,7 +914,7 @@ static inline PyObject *
 cm_stack_of(PyObject *owner)
 {
     return Py_IS_TYPE(owner, ThreadOwner_type) ? slot_get(owner, off_cm_stack, s_cm_stack)
-                                                : cm_stack_of(owner);
+                                                : PyObject_GetAttr(owner, s_cm_stack);
 }
 
 static int
@@ -927,13 +1116,12 @@ sem_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return call_with_self(py_sem_exit, self, args, nargs, NULL);
     }
     top = Py_NewRef(PyList_GET_ITEM(stack, n - 1));
-    top_ch = PyObject_GetAttr(top, s_channel);
+    top_ch = IS_LEASE(top) ? Py_XNewRef(((LeaseObject *)top)->channel) : NULL;
     Py_DECREF(ch);
     if (top_ch != ch) {
         Py_XDECREF(top_ch);
         Py_DECREF(top);
         Py_DECREF(stack);
-        PyErr_Clear();
         return call_with_self(py_sem_exit, self, args, nargs, NULL);
     }
     /* list.pop(): the stack drops its reference to `top`, which we hold */
@@ -1312,8 +1500,13 @@ configure(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!O:configure", &PyType_Type, &lease_type, &untrack)) {
         return NULL;
     }
-    if (((PyTypeObject *)lease_type)->tp_setattro != PyObject_GenericSetAttr) {
-        PyErr_SetString(PyExc_TypeError, "Lease must use the generic __setattr__");
+    /* grant_locked allocates Leases with tp_alloc and fills the LeaseBase struct: Lease must be a
+       subclass that adds no storage of its own (__slots__ = ()) and no __new__/__init__ work the fast
+       path would skip beyond what LeaseBase_new does. */
+    if (!PyType_IsSubtype((PyTypeObject *)lease_type, &LeaseBase_Type)
+        || ((PyTypeObject *)lease_type)->tp_basicsize != LeaseBase_Type.tp_basicsize
+        || ((PyTypeObject *)lease_type)->tp_dictoffset != 0) {
+        PyErr_SetString(PyExc_TypeError, "Lease must subclass LeaseBase with __slots__ = ()");
         return NULL;
     }
     Py_XSETREF(Lease_type, Py_NewRef(lease_type));
@@ -1349,18 +1542,9 @@ PyInit__speedups(void)
     return NULL;
 #else
     PyObject *m;
-    INTERN(s_channel, "_channel");
-    INTERN(s_token, "token");
-    INTERN(s_permits, "permits");
     INTERN(s_owner, "owner");
-    INTERN(s_site, "_site");
-    INTERN(s_mode, "mode");
-    INTERN(s_acquired_at, "acquired_at");
-    INTERN(s_previous_owner_died, "previous_owner_died");
     INTERN(s_release, "release");
     INTERN(s_release_slow, "_release_py");
-    INTERN(s_death_cb, "_death_cb");
-    INTERN(s_state, "_state");
     INTERN(s_debug, "_debug");
     INTERN(s_ch, "_ch");
     INTERN(s_fair, "_fair");
@@ -1370,14 +1554,13 @@ PyInit__speedups(void)
     INTERN(s_permits_mode, "permits");
     INTERN(s_exclusive, "exclusive");
     INTERN(s_acquire_async, "acquire_async");
-    INTERN(s_r_lease, "_r_lease");
-    INTERN(s_r_depth, "_r_depth");
     INTERN(s_reentrant, "_reentrant");
     INTERN(s_owner_key, "interlock._speedups.thread_owner");
+    INTERN(s_on_garbage_collected, "_on_garbage_collected");
     if ((empty_tuple = PyTuple_New(0)) == NULL || (one = PyLong_FromLong(1)) == NULL) {
         return NULL;
     }
-    if (PyType_Ready(&Mutex_Type) < 0 || PyType_Ready(&ChannelState_Type) < 0 || PyType_Ready(&Ready_Type) < 0) {
+    if (PyType_Ready(&LeaseBase_Type) < 0 || PyType_Ready(&Mutex_Type) < 0 || PyType_Ready(&ChannelState_Type) < 0 || PyType_Ready(&Ready_Type) < 0) {
         return NULL;
     }
     m = PyModule_Create(&speedups_module);
@@ -1385,7 +1568,8 @@ PyInit__speedups(void)
         return NULL;
     }
     if (PyModule_AddObjectRef(m, "Mutex", (PyObject *)&Mutex_Type) < 0
-        || PyModule_AddObjectRef(m, "ChannelState", (PyObject *)&ChannelState_Type) < 0) {
+        || PyModule_AddObjectRef(m, "ChannelState", (PyObject *)&ChannelState_Type) < 0
+        || PyModule_AddObjectRef(m, "LeaseBase", (PyObject *)&LeaseBase_Type) < 0) {
         Py_DECREF(m);
         return NULL;
     }

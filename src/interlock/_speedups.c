@@ -47,7 +47,7 @@ static PyObject *empty_tuple = NULL;
 static PyObject *one = NULL;  /* int 1: one permit */
 
 /* Python fallbacks of the facade methods (the twins in _primitives.py) */
-static PyObject *py_sem_enter, *py_sem_exit, *py_sem_acquire, *py_sem_aenter, *py_sem_aexit;
+static PyObject *py_sem_enter, *py_sem_exit, *py_sem_acquire, *py_sem_aenter, *py_sem_aexit, *py_sem_acquire_async;
 static PyObject *py_lock_enter, *py_lock_exit, *py_lock_acquire;
 static PyObject *task_owner_fn = NULL;       /* _primitives._task_owner */
 
@@ -58,7 +58,7 @@ static PyTypeObject *ThreadOwner_type = NULL;
 static unsigned long long token_counter = 0;  /* twin: memory.py _tokens = itertools.count(1) */
 
 static PyObject *s_owner, *s_release, *s_release_slow, *s_debug, *s_ch, *s_fair, *s_cm, *s_cm_stack,
-    *s_acquire, *s_permits_mode, *s_exclusive, *s_acquire_async, *s_reentrant, *s_owner_key;
+    *s_acquire, *s_permits_mode, *s_exclusive, *s_acquire_async, *s_reentrant, *s_owner_key, *s_throw, *s_close;
 
 static PyTypeObject Mutex_Type;
 static PyTypeObject ChannelState_Type;
@@ -719,6 +719,7 @@ lease_release(PyObject *lease, PyObject *ch)
     if (ch == NULL || !IS_NATIVE(ch)) {
         return PyObject_CallMethodNoArgs(lease, s_release);
     }
+    /* a native channel's Lease: Lease.release would do exactly this (its HELD branch) */
     Py_INCREF(ch);
     l->state = LEASE_RELEASED;
     PyObject *r = channel_release((ChannelState *)ch, lease, NULL, 0);
@@ -1313,6 +1314,270 @@ done:
     return r;
 }
 
+/* ---------------------------------------------------------------------------------------------- */
+/* Acquire: what the C Semaphore.acquire_async returns (twin: the coroutine of                     */
+/* MemoryChannel.acquire_async that the Python method returns).                                    */
+/*                                                                                                */
+/* A coroutine-like object (send, throw, close, __await__: asyncio.iscoroutine() accepts it, so     */
+/* create_task() and wait_for() take it as they take the Python coroutine). Like a coroutine it     */
+/* does nothing until first resumed: the grant is tried at the first send (the `await`), and an     */
+/* uncontended grant returns at once through am_send (PYGEN_RETURN, no StopIteration object). When  */
+/* the request must wait it creates the Python coroutine (MemoryChannel.acquire_async, which        */
+/* queues, times out and handles cancellation) and forwards send/throw/close to it from then on.    */
+/* A throw or close before the first send grants nothing, as for a coroutine that never started.    */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *ch;        /* ChannelState; NULL once started */
+    PyObject *permits_obj;
+    PyObject *owner;
+    PyObject *site;
+    PyObject *fair_obj;
+    PyObject *inner;     /* the Python coroutine, when the request had to wait */
+    Py_ssize_t permits;
+    char started;
+} AcquireObject;
+
+static PyTypeObject Acquire_Type;
+
+static int
+Acquire_traverse(AcquireObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->ch);
+    Py_VISIT(self->permits_obj);
+    Py_VISIT(self->owner);
+    Py_VISIT(self->site);
+    Py_VISIT(self->fair_obj);
+    Py_VISIT(self->inner);
+    return 0;
+}
+
+static int
+Acquire_clear_request(AcquireObject *self)
+{
+    Py_CLEAR(self->ch);
+    Py_CLEAR(self->permits_obj);
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->site);
+    Py_CLEAR(self->fair_obj);
+    return 0;
+}
+
+static int
+Acquire_clear(AcquireObject *self)
+{
+    Acquire_clear_request(self);
+    Py_CLEAR(self->inner);
+    return 0;
+}
+
+static void
+Acquire_dealloc(AcquireObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    Acquire_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyObject *
+acquire_new(ChannelState *ch, Py_ssize_t permits, PyObject *permits_obj, PyObject *owner, PyObject *site,
+            PyObject *fair_obj)
+{
+    AcquireObject *a = PyObject_GC_New(AcquireObject, &Acquire_Type);
+    if (a == NULL) {
+        return NULL;
+    }
+    a->ch = Py_NewRef((PyObject *)ch);
+    a->permits_obj = Py_NewRef(permits_obj);
+    a->owner = Py_NewRef(owner);
+    a->site = Py_NewRef(site);
+    a->fair_obj = Py_NewRef(fair_obj);
+    a->inner = NULL;
+    a->permits = permits;
+    a->started = 0;
+    PyObject_GC_Track(a);
+    return (PyObject *)a;
+}
+
+static PySendResult
+Acquire_send_impl(AcquireObject *self, PyObject *arg, PyObject **result)
+{
+    *result = NULL;
+    if (self->inner != NULL) {
+        return PyIter_Send(self->inner, arg, result);
+    }
+    if (self->started) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited acquire_async()");
+        return PYGEN_ERROR;
+    }
+    if (arg != Py_None) {
+        PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started acquire_async()");
+        return PYGEN_ERROR;
+    }
+    self->started = 1;
+    int fair = PyObject_IsTrue(self->fair_obj);
+    if (fair < 0) {
+        Acquire_clear_request(self);
+        return PYGEN_ERROR;
+    }
+    PyObject *lease = try_grant((ChannelState *)self->ch, self->permits, self->permits_obj, self->owner,
+                                self->site, s_permits_mode, fair);
+    if (lease != NULL && lease != Py_None) {
+        Acquire_clear_request(self);
+        *result = lease;
+        return PYGEN_RETURN;
+    }
+    if (lease == Py_None) {  /* must wait: the Python coroutine does it all */
+        Py_DECREF(lease);
+        PyObject *args[8] = {self->ch, self->permits_obj, Py_None, Py_True, self->owner, self->site,
+                             s_permits_mode, self->fair_obj};
+        self->inner = PyObject_VectorcallMethod(s_acquire_async, args, 8 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    Acquire_clear_request(self);
+    if (self->inner == NULL) {
+        return PYGEN_ERROR;
+    }
+    return PyIter_Send(self->inner, Py_None, result);
+}
+
+/* send() and iteration from Python: a return becomes StopIteration(value), as for a coroutine */
+static PyObject *
+Acquire_send_py(AcquireObject *self, PyObject *arg)
+{
+    PyObject *result;
+    PySendResult r = Acquire_send_impl(self, arg, &result);
+    if (r == PYGEN_NEXT) {
+        return result;
+    }
+    if (r == PYGEN_RETURN) {
+        if (result == Py_None) {
+            PyErr_SetNone(PyExc_StopIteration);
+        }
+        else {
+            PyObject *exc = PyObject_CallOneArg(PyExc_StopIteration, result);
+            if (exc != NULL) {
+                PyErr_SetObject(PyExc_StopIteration, exc);
+                Py_DECREF(exc);
+            }
+        }
+        Py_DECREF(result);
+    }
+    return NULL;
+}
+
+static PyObject *
+Acquire_iternext(AcquireObject *self)
+{
+    return Acquire_send_py(self, Py_None);
+}
+
+static PyObject *
+Acquire_throw(AcquireObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "throw(typ[, val[, tb]])");
+        return NULL;
+    }
+    if (self->inner != NULL) {
+        PyObject *stack[5] = {NULL, self->inner};
+        for (Py_ssize_t i = 0; i < nargs; i++) {
+            stack[i + 2] = args[i];
+        }
+        return PyObject_VectorcallMethod(s_throw, stack + 1, (nargs + 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    /* not started (or finished): nothing was granted; raise the exception here */
+    self->started = 1;
+    Acquire_clear_request(self);
+    PyObject *typ = args[0], *val = nargs > 1 ? args[1] : Py_None;
+    if (PyExceptionInstance_Check(typ)) {
+        PyErr_SetObject((PyObject *)Py_TYPE(typ), typ);
+    }
+    else if (PyExceptionClass_Check(typ)) {
+        PyErr_SetObject(typ, val);
+    }
+    else {
+        PyErr_SetString(PyExc_TypeError, "exceptions must be classes or instances deriving from BaseException");
+    }
+    return NULL;
+}
+
+static PyObject *
+Acquire_close(AcquireObject *self, PyObject *Py_UNUSED(ignored))
+{
+    self->started = 1;
+    Acquire_clear_request(self);
+    if (self->inner != NULL) {
+        return PyObject_CallMethodNoArgs(self->inner, s_close);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Acquire_await(AcquireObject *self)
+{
+    return Py_NewRef(self);
+}
+
+static PyMethodDef Acquire_methods[] = {
+    {"send", (PyCFunction)Acquire_send_py, METH_O, "send(value)\n--\n\nResume (as coroutine.send)."},
+    {"throw", (PyCFunction)(void (*)(void))Acquire_throw, METH_FASTCALL,
+     "throw(typ[, val[, tb]])\n--\n\nRaise inside (as coroutine.throw); before the first send nothing was granted."},
+    {"close", (PyCFunction)Acquire_close, METH_NOARGS, "close()\n--\n\nClose (as coroutine.close)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyAsyncMethods Acquire_async = {
+    .am_await = (unaryfunc)Acquire_await,
+    .am_send = (sendfunc)Acquire_send_impl,
+};
+
+static PyTypeObject Acquire_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "interlock._speedups.Acquire",
+    .tp_doc = "The awaitable of Semaphore.acquire_async() on a native memory:// channel (a coroutine twin).",
+    .tp_basicsize = sizeof(AcquireObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_dealloc = (destructor)Acquire_dealloc,
+    .tp_traverse = (traverseproc)Acquire_traverse,
+    .tp_clear = (inquiry)Acquire_clear,
+    .tp_as_async = &Acquire_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)Acquire_iternext,
+    .tp_methods = Acquire_methods,
+};
+
+/* twin: _primitives.Semaphore.acquire_async (the C path takes only `acquire_async()` /
+   `acquire_async(n)`; keyword arguments, debug mode and other backends run the Python method) */
+static PyObject *
+sem_acquire_async(PyObject *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), permits = 1;
+    PyObject *permits_obj = one, *owner = NULL, *fair = NULL, *site = NULL, *r = NULL;
+    if ((kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) || nargs > 1) {
+        return call_with_self(py_sem_acquire_async, self, args, nargs, kwnames);
+    }
+    if (nargs == 1) {
+        permits_obj = args[0];
+        if (!PyLong_CheckExact(permits_obj) || (permits = PyLong_AsSsize_t(permits_obj)) < 1) {
+            PyErr_Clear();
+            return call_with_self(py_sem_acquire_async, self, args, nargs, kwnames);
+        }
+    }
+    ChannelState *ch = fast_channel(self);
+    if (ch == NULL) {
+        return PyErr_Occurred() ? NULL : call_with_self(py_sem_acquire_async, self, args, nargs, kwnames);
+    }
+    if ((owner = task_owner()) != NULL && (fair = slot_get(self, off_fair, s_fair)) != NULL
+        && (site = caller_code()) != NULL) {
+        r = acquire_new(ch, permits, permits_obj, owner, site, fair);
+    }
+    Py_XDECREF(site);
+    Py_XDECREF(fair);
+    Py_XDECREF(owner);
+    Py_DECREF(ch);
+    return r;
+}
+
 static int
 reentrant(PyObject *self)
 {
@@ -1404,12 +1669,51 @@ lock_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* twins: _lease.Lease.release / __exit__ / __enter__. A HELD lease of a native channel is released
+   here (lease_release); every other case (lost, released, other backends) runs the Python method. */
+static PyObject *py_lease_release, *py_lease_exit, *py_lease_enter;
+
+static PyObject *
+lease_release_method(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    LeaseObject *l = (LeaseObject *)self;
+    if (l->state != LEASE_HELD || l->channel == NULL || !IS_NATIVE(l->channel)) {
+        return PyObject_CallOneArg(py_lease_release, self);
+    }
+    return lease_release(self, l->channel);
+}
+
+static PyObject *
+lease_exit_method(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    LeaseObject *l = (LeaseObject *)self;
+    if (nargs != 3 || l->state != LEASE_HELD || l->channel == NULL || !IS_NATIVE(l->channel)) {
+        return call_with_self(py_lease_exit, self, args, nargs, NULL);
+    }
+    return lease_release(self, l->channel);
+}
+
+static PyObject *
+lease_enter_method(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return Py_NewRef(self);
+}
+
+static PyMethodDef lease_defs[] = {
+    {"release", (PyCFunction)lease_release_method, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))lease_exit_method, METH_FASTCALL, NULL},
+    {"__enter__", (PyCFunction)lease_enter_method, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+static PyObject **lease_fallbacks[] = {&py_lease_release, &py_lease_exit, &py_lease_enter};
+
 static PyMethodDef sem_defs[] = {
     {"__enter__", (PyCFunction)sem_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))sem_exit, METH_FASTCALL, NULL},
     {"acquire", (PyCFunction)(void (*)(void))sem_acquire, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"__aenter__", (PyCFunction)sem_aenter, METH_NOARGS, NULL},
     {"__aexit__", (PyCFunction)(void (*)(void))sem_aexit, METH_FASTCALL, NULL},
+    {"acquire_async", (PyCFunction)(void (*)(void))sem_acquire_async, METH_FASTCALL | METH_KEYWORDS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1420,7 +1724,8 @@ static PyMethodDef lock_defs[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyObject **sem_fallbacks[] = {&py_sem_enter, &py_sem_exit, &py_sem_acquire, &py_sem_aenter, &py_sem_aexit};
+static PyObject **sem_fallbacks[] = {&py_sem_enter, &py_sem_exit, &py_sem_acquire, &py_sem_aenter, &py_sem_aexit,
+                                     &py_sem_acquire_async};
 static PyObject **lock_fallbacks[] = {&py_lock_enter, &py_lock_exit, &py_lock_acquire};
 
 static int
@@ -1431,11 +1736,25 @@ bind(PyObject *cls, PyMethodDef *defs, PyObject ***fallbacks)
         if (orig == NULL) {
             return -1;
         }
-        /* keep the Python method's docstring and signature for help() */
+        /* keep the Python method's docstring for help() (a copy that lives as long as the process) */
         PyObject *doc = PyObject_GetAttrString(orig, "__doc__");
         Py_XSETREF(*fallbacks[i], orig);
         if (doc == NULL) {
             return -1;
+        }
+        if (defs[i].ml_doc == NULL && PyUnicode_Check(doc)) {
+            Py_ssize_t size;
+            const char *text = PyUnicode_AsUTF8AndSize(doc, &size);
+            char *copy = text == NULL ? NULL : PyMem_RawMalloc(size + 1);
+            if (copy == NULL) {
+                Py_DECREF(doc);
+                if (!PyErr_Occurred()) {
+                    PyErr_NoMemory();
+                }
+                return -1;
+            }
+            memcpy(copy, text, size + 1);
+            defs[i].ml_doc = copy;
         }
         PyObject *descr = PyDescr_NewMethod((PyTypeObject *)cls, &defs[i]);
         if (descr == NULL) {
@@ -1494,6 +1813,19 @@ bind_facades(PyObject *module, PyObject *args)
 }
 
 static PyObject *
+bind_lease(PyObject *module, PyObject *lease_cls)
+{
+    if (!PyType_Check(lease_cls) || !PyType_IsSubtype((PyTypeObject *)lease_cls, &LeaseBase_Type)) {
+        PyErr_SetString(PyExc_TypeError, "bind_lease() needs the Lease class (a LeaseBase subclass)");
+        return NULL;
+    }
+    if (bind(lease_cls, lease_defs, lease_fallbacks) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 configure(PyObject *module, PyObject *args)
 {
     PyObject *lease_type, *untrack;
@@ -1517,6 +1849,8 @@ configure(PyObject *module, PyObject *args)
 static PyMethodDef module_methods[] = {
     {"configure", configure, METH_VARARGS,
      "configure(Lease, untrack_task_death, /)\n--\n\nSet the classes and hooks the fast paths use."},
+    {"bind_lease", bind_lease, METH_O,
+     "bind_lease(Lease, /)\n--\n\nInstall the C release/__enter__/__exit__ of Lease (the Python ones stay as fallbacks)."},
     {"bind_facades", bind_facades, METH_VARARGS,
      "bind_facades(Lock, Semaphore, tls, thread_owner, lease_module, task_owner, ThreadOwner, task_lookup, /)\n--\n\n"
      "Install the C fast paths as methods of the facade classes (the Python ones stay as fallbacks)."},
@@ -1557,10 +1891,13 @@ PyInit__speedups(void)
     INTERN(s_reentrant, "_reentrant");
     INTERN(s_owner_key, "interlock._speedups.thread_owner");
     INTERN(s_on_garbage_collected, "_on_garbage_collected");
+    INTERN(s_throw, "throw");
+    INTERN(s_close, "close");
     if ((empty_tuple = PyTuple_New(0)) == NULL || (one = PyLong_FromLong(1)) == NULL) {
         return NULL;
     }
-    if (PyType_Ready(&LeaseBase_Type) < 0 || PyType_Ready(&Mutex_Type) < 0 || PyType_Ready(&ChannelState_Type) < 0 || PyType_Ready(&Ready_Type) < 0) {
+    if (PyType_Ready(&LeaseBase_Type) < 0 || PyType_Ready(&Mutex_Type) < 0 || PyType_Ready(&ChannelState_Type) < 0 || PyType_Ready(&Ready_Type) < 0
+        || PyType_Ready(&Acquire_Type) < 0) {
         return NULL;
     }
     m = PyModule_Create(&speedups_module);

@@ -1173,15 +1173,87 @@ sem_acquire(PyObject *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *
    C module's task table, 3.10/3.11) the task is one dict lookup, else current_task_fn(loop). */
 static PyObject *get_running_loop_fn = NULL, *current_tasks = NULL, *current_task_fn = NULL;
 
+#if PY_VERSION_HEX < 0x030C0000 && !defined(MS_WINDOWS)
+/* On 3.10/3.11 asyncio._get_running_loop() makes a getpid() system call whenever a loop runs (to
+   answer None in a forked child), ~140 ns of the ~190 ns it costs on a VM; `async with sem` asks
+   twice. So each thread remembers the loop it last found running (a weak reference in its thread
+   state dict, with the fork generation), and trusts it while that loop's run_forever is still active
+   on this thread: BaseEventLoop sets _thread_id to the running thread's ident right before it becomes
+   the running loop and clears it right after, and one thread runs at most one loop at a time. A
+   fork bumps the generation (pthread_atfork), so a child asks asyncio again, as the twin does.
+   Loops without an int _thread_id (other implementations) always take the asyncio call. 3.12+
+   dropped the getpid() call (asyncio resets the running loop at fork), so they need no cache. */
+#define LOOP_CACHE 1
+#include <pthread.h>
+static unsigned long fork_generation = 0;
+static PyObject *s_loop_cache, *s_thread_id;
+
+static void
+bump_fork_generation(void)
+{
+    fork_generation++;
+}
+
+/* the loop running on this thread (new reference), or NULL without an exception: ask asyncio */
+static PyObject *
+cached_running_loop(PyObject *tdict)
+{
+    PyObject *entry = PyDict_GetItemWithError(tdict, s_loop_cache);  /* borrowed (ref, generation) */
+    if (entry == NULL || !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2
+        || PyLong_AsUnsignedLong(PyTuple_GET_ITEM(entry, 1)) != fork_generation) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *loop = PyWeakref_GetObject(PyTuple_GET_ITEM(entry, 0));  /* borrowed */
+    if (loop == NULL || loop == Py_None) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *tid = PyObject_GetAttr(loop, s_thread_id);
+    int running = tid != NULL && PyLong_CheckExact(tid)
+                  && PyLong_AsUnsignedLong(tid) == PyThread_get_thread_ident();
+    Py_XDECREF(tid);
+    PyErr_Clear();
+    return running ? Py_NewRef(loop) : NULL;
+}
+
+static void
+remember_running_loop(PyObject *tdict, PyObject *loop)
+{
+    PyObject *ref = PyWeakref_NewRef(loop, NULL), *gen = NULL, *entry = NULL;
+    if (ref != NULL && (gen = PyLong_FromUnsignedLong(fork_generation)) != NULL
+        && (entry = PyTuple_Pack(2, ref, gen)) != NULL) {
+        (void)PyDict_SetItem(tdict, s_loop_cache, entry);
+    }
+    Py_XDECREF(entry);
+    Py_XDECREF(gen);
+    Py_XDECREF(ref);
+    PyErr_Clear();  /* not weak-referenceable, or no memory: no cache, same answer */
+}
+#endif
+
 static PyObject *
 task_owner(void)
 {
-    PyObject *loop, *task;
+    PyObject *loop = NULL, *task;
     if (get_running_loop_fn == NULL) {
         return PyObject_CallNoArgs(task_owner_fn);
     }
-    if ((loop = PyObject_CallNoArgs(get_running_loop_fn)) == NULL) {
-        return NULL;
+#ifdef LOOP_CACHE
+    PyObject *tdict = PyThreadState_GetDict();  /* borrowed */
+    if (tdict != NULL) {
+        loop = cached_running_loop(tdict);
+    }
+#endif
+    if (loop == NULL) {
+        if ((loop = PyObject_CallNoArgs(get_running_loop_fn)) == NULL) {
+            return NULL;
+        }
+#ifdef LOOP_CACHE
+        if (tdict != NULL && loop != Py_None) {
+            remember_running_loop(tdict, loop);
+        }
+#endif
     }
     if (loop == Py_None) {
         Py_DECREF(loop);
@@ -1892,6 +1964,14 @@ PyInit__speedups(void)
     INTERN(s_owner_key, "interlock._speedups.thread_owner");
     INTERN(s_on_garbage_collected, "_on_garbage_collected");
     INTERN(s_throw, "throw");
+#ifdef LOOP_CACHE
+    INTERN(s_loop_cache, "interlock._speedups.running_loop");
+    INTERN(s_thread_id, "_thread_id");
+    if (pthread_atfork(NULL, NULL, bump_fork_generation) != 0) {
+        PyErr_SetString(PyExc_ImportError, "interlock._speedups: pthread_atfork failed");
+        return NULL;
+    }
+#endif
     INTERN(s_close, "close");
     if ((empty_tuple = PyTuple_New(0)) == NULL || (one = PyLong_FromLong(1)) == NULL) {
         return NULL;

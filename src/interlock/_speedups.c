@@ -3,6 +3,12 @@
  * What is here, and its pure-Python twin (keep them in step; tests run the contract suite on both,
  * "memory" and "memory-pure" in tests/backends.py):
  *
+ *   LeaseBase                  twin: _lease._PyLeaseBase (the fields of a Lease and its finalizer,
+ *                              which calls Lease._on_garbage_collected only while HELD)
+ *   Lease release/__enter__/   twins: the Lease methods of the same name in _lease.py (the C ones
+ *     __exit__                 release a HELD lease of a native channel; anything else calls them)
+ *   Acquire                    twin: the coroutine of MemoryChannel.acquire_async (what the C
+ *                              Semaphore.acquire_async returns)
  *   Mutex                      twin: _thread.allocate_lock()          (memory.py: _PyChannelState)
  *   ChannelState fields        twin: plain attributes set in memory.py _MemoryChannelBase.__init__
  *   ChannelState._grant_locked twin: memory.py _PyChannelState._grant_locked

@@ -319,8 +319,13 @@ LeaseBase_finalize(LeaseObject *self)
     if (self->state != LEASE_HELD) {
         return;
     }
-    PyObject *et, *ev, *tb, *r;
+    PyObject *r;
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *exc = PyErr_GetRaisedException();
+#else
+    PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
+#endif
     r = PyObject_CallMethodNoArgs((PyObject *)self, s_on_garbage_collected);
     if (r == NULL) {
         PyErr_WriteUnraisable((PyObject *)self);
@@ -328,7 +333,11 @@ LeaseBase_finalize(LeaseObject *self)
     else {
         Py_DECREF(r);
     }
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
     PyErr_Restore(et, ev, tb);
+#endif
 }
 
 static void

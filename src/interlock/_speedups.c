@@ -826,6 +826,8 @@ typedef struct {
     PyObject *result;
 } ReadyObject;
 
+static PyObject *ready_none = NULL;  /* the Ready of None that __aexit__ returns */
+
 static PyObject *
 ready_new(PyObject *result)
 {
@@ -1393,7 +1395,11 @@ sem_aexit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     r = lease_release(lease, NULL);  /* memory:// release never blocks */
     Py_DECREF(lease);
     if (r != NULL) {
-        Py_SETREF(r, ready_new(Py_None));
+        /* one shared awaitable of None: a Ready holds nothing but its result */
+        if (ready_none == NULL) {
+            ready_none = ready_new(Py_None);
+        }
+        Py_SETREF(r, Py_XNewRef(ready_none));
     }
 done:
     Py_XDECREF(cm);
@@ -1458,9 +1464,35 @@ Acquire_clear(AcquireObject *self)
     return 0;
 }
 
+/* like a coroutine that was never awaited (nor closed): say so, since the acquire never happened */
+static void
+Acquire_finalize(AcquireObject *self)
+{
+    if (self->started) {
+        return;
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *exc = PyErr_GetRaisedException();
+#else
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+#endif
+    if (PyErr_WarnEx(PyExc_RuntimeWarning, "Semaphore.acquire_async() was never awaited", 1) < 0) {
+        PyErr_WriteUnraisable((PyObject *)self);
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyErr_Restore(et, ev, tb);
+#endif
+}
+
 static void
 Acquire_dealloc(AcquireObject *self)
 {
+    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
+        return;  /* resurrected by a warning filter */
+    }
     PyObject_GC_UnTrack(self);
     Acquire_clear(self);
     PyObject_GC_Del(self);
@@ -1625,6 +1657,7 @@ static PyTypeObject Acquire_Type = {
     .tp_basicsize = sizeof(AcquireObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_dealloc = (destructor)Acquire_dealloc,
+    .tp_finalize = (destructor)Acquire_finalize,
     .tp_traverse = (traverseproc)Acquire_traverse,
     .tp_clear = (inquiry)Acquire_clear,
     .tp_as_async = &Acquire_async,

@@ -266,7 +266,7 @@ typedef struct {
 static PyTypeObject LeaseBase_Type;
 static PyObject *s_on_garbage_collected;
 
-#define IS_LEASE(o) PyObject_TypeCheck((o), &LeaseBase_Type)
+#define IS_LEASE(o) ((PyObject *)Py_TYPE(o) == Lease_type || PyObject_TypeCheck((o), &LeaseBase_Type))
 
 static PyObject *
 LeaseBase_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -947,16 +947,27 @@ debug_on(void)
 
 /* The calling thread's owner: _core.owner._tls.owner, created by thread_owner() on first use.
    _tls.owner never changes once set, so a copy is kept in the thread state's dict (a lookup there
-   costs a third of a threading.local attribute read). Returns a new reference. If `create` is false,
+   costs a third of a threading.local attribute read), and the last thread's owner is also kept here
+   under its thread state's id (unique for the life of the process, never reused), which spares the
+   dict lookup while one thread does the acquiring. Returns a new reference. If `create` is false,
    returns NULL without an exception when the thread has no owner yet. */
+static uint64_t last_owner_tsid = 0;
+static PyObject *last_owner = NULL;
+
 static PyObject *
 thread_owner_ref(int create)
 {
+    uint64_t tsid = PyThreadState_GetID(PyThreadState_Get());
+    if (last_owner != NULL && tsid == last_owner_tsid) {
+        return Py_NewRef(last_owner);
+    }
     PyObject *tdict = PyThreadState_GetDict();  /* borrowed */
     PyObject *o;
     if (tdict != NULL) {
         o = PyDict_GetItemWithError(tdict, s_owner_key);  /* borrowed */
         if (o != NULL) {
+            Py_XSETREF(last_owner, Py_NewRef(o));
+            last_owner_tsid = tsid;
             return Py_NewRef(o);
         }
         if (PyErr_Occurred()) {

@@ -1222,12 +1222,24 @@ bump_fork_generation(void)
     fork_generation++;
 }
 
+/* The last thread's entry is also kept here under its thread state id (unique, never reused), which
+   spares the thread-dict lookup while one thread does the acquiring. */
+static uint64_t last_loop_tsid = 0;
+static PyObject *last_loop_entry = NULL;  /* (weakref to the loop, fork generation) */
+
 /* the loop running on this thread (new reference), or NULL without an exception: ask asyncio */
 static PyObject *
-cached_running_loop(PyObject *tdict)
+cached_running_loop(PyObject *tdict, uint64_t tsid)
 {
-    PyObject *entry = PyDict_GetItemWithError(tdict, s_loop_cache);  /* borrowed (ref, generation) */
-    if (entry == NULL || !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2
+    PyObject *entry;
+    if (last_loop_entry != NULL && tsid == last_loop_tsid) {
+        entry = last_loop_entry;
+    }
+    else if ((entry = PyDict_GetItemWithError(tdict, s_loop_cache)) == NULL) {  /* borrowed */
+        PyErr_Clear();
+        return NULL;
+    }
+    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2
         || PyLong_AsUnsignedLong(PyTuple_GET_ITEM(entry, 1)) != fork_generation) {
         PyErr_Clear();
         return NULL;
@@ -1238,20 +1250,31 @@ cached_running_loop(PyObject *tdict)
         return NULL;
     }
     PyObject *tid = PyObject_GetAttr(loop, s_thread_id);
-    int running = tid != NULL && PyLong_CheckExact(tid)
-                  && PyLong_AsUnsignedLong(tid) == PyThread_get_thread_ident();
-    Py_XDECREF(tid);
-    PyErr_Clear();
-    return running ? Py_NewRef(loop) : NULL;
+    if (tid == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    int running = PyLong_CheckExact(tid) && PyLong_AsUnsignedLong(tid) == PyThread_get_thread_ident();
+    Py_DECREF(tid);
+    if (!running) {
+        PyErr_Clear();  /* (an OverflowError from a negative or huge _thread_id) */
+        return NULL;
+    }
+    if (entry != last_loop_entry) {
+        Py_XSETREF(last_loop_entry, Py_NewRef(entry));
+        last_loop_tsid = tsid;
+    }
+    return Py_NewRef(loop);
 }
 
 static void
-remember_running_loop(PyObject *tdict, PyObject *loop)
+remember_running_loop(PyObject *tdict, uint64_t tsid, PyObject *loop)
 {
     PyObject *ref = PyWeakref_NewRef(loop, NULL), *gen = NULL, *entry = NULL;
     if (ref != NULL && (gen = PyLong_FromUnsignedLong(fork_generation)) != NULL
-        && (entry = PyTuple_Pack(2, ref, gen)) != NULL) {
-        (void)PyDict_SetItem(tdict, s_loop_cache, entry);
+        && (entry = PyTuple_Pack(2, ref, gen)) != NULL && PyDict_SetItem(tdict, s_loop_cache, entry) == 0) {
+        Py_XSETREF(last_loop_entry, Py_NewRef(entry));
+        last_loop_tsid = tsid;
     }
     Py_XDECREF(entry);
     Py_XDECREF(gen);
@@ -1269,8 +1292,9 @@ task_owner(void)
     }
 #ifdef LOOP_CACHE
     PyObject *tdict = PyThreadState_GetDict();  /* borrowed */
+    uint64_t tsid = PyThreadState_GetID(PyThreadState_Get());
     if (tdict != NULL) {
-        loop = cached_running_loop(tdict);
+        loop = cached_running_loop(tdict, tsid);
     }
 #endif
     if (loop == NULL) {
@@ -1279,7 +1303,7 @@ task_owner(void)
         }
 #ifdef LOOP_CACHE
         if (tdict != NULL && loop != Py_None) {
-            remember_running_loop(tdict, loop);
+            remember_running_loop(tdict, tsid, loop);
         }
 #endif
     }

@@ -344,8 +344,8 @@ static void
 LeaseBase_dealloc(LeaseObject *self)
 {
     /* Called directly for LeaseBase itself, and by the subclass's dealloc (which has already run the
-       finalizer; a second call returns at once). */
-    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
+       finalizer; a second call returns at once). The finalizer does nothing unless HELD. */
+    if (self->state == LEASE_HELD && PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
         return;  /* resurrected */
     }
     PyObject_GC_UnTrack(self);
@@ -1525,7 +1525,8 @@ Acquire_finalize(AcquireObject *self)
 static void
 Acquire_dealloc(AcquireObject *self)
 {
-    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
+    /* the finalizer does nothing once started */
+    if (!self->started && PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
         return;  /* resurrected by a warning filter */
     }
     PyObject_GC_UnTrack(self);

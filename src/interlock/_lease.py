@@ -59,7 +59,51 @@ def capture_site(depth: int) -> Any:
     return f.f_code
 
 
-class Lease:
+class _PyLeaseBase:
+    """The fields of a :class:`Lease` and its finalizer, in pure Python (twin:
+    ``interlock._speedups.LeaseBase``, used instead when the C accelerator is built).
+
+    Both twins give every field below (the required ones are set by whoever makes the grant, the
+    others default as shown) and a finalizer that does nothing unless the Lease is still ``HELD``;
+    then it calls :meth:`Lease._on_garbage_collected`, the one copy of the leak path. Lease adds no
+    storage of its own (``__slots__ = ()``), so the C grant can allocate it and fill the fields
+    directly. Here the fields live in the instance dict (CPython 3.11+ keeps them inline), so
+    ``Lease.__new__`` plus stores of the required fields make a complete Lease.
+    """
+
+    _channel: Channel
+    token: int
+    permits: int
+    owner: Any
+    _site: Any
+    mode: str
+    acquired_at: float
+    _state: int = HELD
+    _deadline: float | None = None
+    _lost_callbacks: list[Callable[[Lease], object]] | None = None
+    _lost_reason: str | None = None
+    previous_owner_died: bool = False
+    backend_data: Any = None
+    _death_cb: Any = None  # the owner task's done-callback (see _core.owner.track_task_death)
+
+    if TYPE_CHECKING:
+        def _on_garbage_collected(self) -> None: ...
+
+    def __del__(self) -> None:
+        if self._state == HELD:
+            self._on_garbage_collected()
+
+
+if TYPE_CHECKING:
+    _LeaseBase = _PyLeaseBase
+else:
+    try:
+        from ._speedups import LeaseBase as _LeaseBase
+    except ImportError:  # pragma: no cover - not built, or a free-threaded build
+        _LeaseBase = _PyLeaseBase
+
+
+class Lease(_LeaseBase):
     """One grant of ``permits`` permits of a named primitive.
 
     A Lease is returned by every acquire and is the proof of ownership: ``release()`` may be called from
@@ -87,23 +131,10 @@ class Lease:
     ``ensure_held()`` raise :class:`~interlock.LeaseLost` without touching a successor's grant.
     """
 
-    # No __slots__: the hot path creates leases with ``Lease.__new__`` and sets only the fields below;
-    # rarely used fields fall back to these class-level defaults (CPython 3.11+ keeps instance values
-    # inline, so this is both compact and fast).
-    _channel: Channel
-    token: int
-    permits: int
-    owner: Any
-    _site: Any
-    mode: str
-    acquired_at: float
-    _state: int = HELD
-    _deadline: float | None = None
-    _lost_callbacks: list[Callable[[Lease], object]] | None = None
-    _lost_reason: str | None = None
-    previous_owner_died: bool = False
-    backend_data: Any = None
-    _death_cb: Any = None  # the owner task's done-callback (see _core.owner.track_task_death)
+    # The fields and their defaults are _LeaseBase's (see _PyLeaseBase). No storage here: the C fast
+    # path allocates Leases itself and fills the LeaseBase fields (its configure() checks this), and
+    # a class-level value here would hide a field of the C base.
+    __slots__ = ()
 
     def __init__(
         self,
@@ -301,9 +332,9 @@ class Lease:
     ) -> None:
         await self.release_async()
 
-    def __del__(self) -> None:
-        if self._state != HELD:
-            return
+    def _on_garbage_collected(self) -> None:
+        """The finalizer found this Lease still HELD (called by both twins of _LeaseBase): return the
+        permits through the reaper, mark the primitive's next grant ``previous_owner_died`` and warn."""
         try:
             why = f"its Lease was garbage-collected while held (acquired at {describe_site(self._site)})"
             reaper.abandon(self, why)
@@ -318,6 +349,12 @@ class Lease:
         except Exception:  # interpreter shutdown: nothing left to protect
             pass
 
+    def __reduce__(self) -> Any:
+        # A copy would be a second handle on the one grant (two releases, two finalizers), and a grant
+        # cannot move to another process; both twins refuse alike.
+        raise TypeError(f"an interlock.Lease cannot be copied or pickled (token {self.token}); pass the "
+                        "token or the name instead")
+
     def __repr__(self) -> str:
         state = {HELD: "held", RELEASED: "released", LOST: "lost", ABANDONED: "abandoned"}[self._state]
         if state == "held" and not self.held:
@@ -326,3 +363,18 @@ class Lease:
             f"<interlock.Lease {self._channel.describe()} token={self.token} permits={self.permits} "
             f"mode={self.mode} owner={owner_label(self.owner)} {state}>"
         )
+
+
+def _accelerate() -> bool:
+    """With the C accelerator, ``release``, ``__enter__`` and ``__exit__`` of Lease are C twins of the
+    methods above: they release a HELD lease of a native memory:// channel in C and call the Python
+    method for every other case (lost or released leases, file://, redis://, ``?native=0``)."""
+    if _LeaseBase is _PyLeaseBase:
+        return False
+    from . import _speedups
+
+    _speedups.bind_lease(Lease)
+    return True
+
+
+accelerated = _accelerate()

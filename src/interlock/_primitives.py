@@ -316,7 +316,9 @@ class Semaphore(_Primitive):
 
         Cancellation (``task.cancel()``, ``asyncio.timeout``) at any point leaves no grant behind: a
         waiter leaves the queue, and a grant that raced with the cancellation is passed on.
-        (A plain method returning the backend's coroutine: one coroutine per acquire, not two.)
+        (A plain method returning the backend's coroutine: one coroutine per acquire, not two. On a
+        native memory:// channel the C twin returns a coroutine-like object instead, which also does
+        nothing until awaited, and grants at once without a Python frame when nobody has to wait.)
         """
         if permits.__class__ is not int or permits < 1:
             permits = check_permits(permits)
@@ -521,7 +523,7 @@ class RWLock(_Primitive):
 def _accelerate() -> bool:
     """Install the C fast paths of ``interlock._speedups`` (when built) as the uncontended memory://
     entry points of Lock and Semaphore: ``__enter__``/``__exit__``/``acquire`` and Semaphore's
-    ``__aenter__``/``__aexit__``. Each C method is the twin of the Python method it replaces and calls
+    ``__aenter__``/``__aexit__``/``acquire_async``. Each C method is the twin of the Python method it replaces and calls
     that method for every other case (other backends, ``memory://...?native=0``, debug mode, keyword
     arguments, waiting), so the behaviour is the same. RLock keeps the Python methods (reentrancy)."""
     try:

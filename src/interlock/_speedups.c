@@ -3,6 +3,12 @@
  * What is here, and its pure-Python twin (keep them in step; tests run the contract suite on both,
  * "memory" and "memory-pure" in tests/backends.py):
  *
+ *   LeaseBase                  twin: _lease._PyLeaseBase (the fields of a Lease and its finalizer,
+ *                              which calls Lease._on_garbage_collected only while HELD)
+ *   Lease release/__enter__/   twins: the Lease methods of the same name in _lease.py (the C ones
+ *     __exit__                 release a HELD lease of a native channel; anything else calls them)
+ *   Acquire                    twin: the coroutine of MemoryChannel.acquire_async (what the C
+ *                              Semaphore.acquire_async returns)
  *   Mutex                      twin: _thread.allocate_lock()          (memory.py: _PyChannelState)
  *   ChannelState fields        twin: plain attributes set in memory.py _MemoryChannelBase.__init__
  *   ChannelState._grant_locked twin: memory.py _PyChannelState._grant_locked
@@ -45,10 +51,10 @@ static PyObject *tls = NULL;                 /* interlock._core.owner._tls */
 static PyObject *thread_owner_fn = NULL;     /* interlock._core.owner.thread_owner */
 static PyObject *lease_module_dict = NULL;   /* interlock._lease.__dict__ (for _debug) */
 static PyObject *empty_tuple = NULL;
-static PyObject *one = NULL;  /* int 1: Lease._state RELEASED */
+static PyObject *one = NULL;  /* int 1: one permit */
 
 /* Python fallbacks of the facade methods (the twins in _primitives.py) */
-static PyObject *py_sem_enter, *py_sem_exit, *py_sem_acquire, *py_sem_aenter, *py_sem_aexit;
+static PyObject *py_sem_enter, *py_sem_exit, *py_sem_acquire, *py_sem_aenter, *py_sem_aexit, *py_sem_acquire_async;
 static PyObject *py_lock_enter, *py_lock_exit, *py_lock_acquire;
 static PyObject *task_owner_fn = NULL;       /* _primitives._task_owner */
 
@@ -58,10 +64,8 @@ static PyTypeObject *ThreadOwner_type = NULL;
 
 static unsigned long long token_counter = 0;  /* twin: memory.py _tokens = itertools.count(1) */
 
-static PyObject *s_channel, *s_token, *s_permits, *s_owner, *s_site, *s_mode, *s_acquired_at,
-    *s_previous_owner_died, *s_release, *s_release_slow, *s_death_cb, *s_state, *s_debug, *s_ch,
-    *s_fair, *s_cm, *s_cm_stack, *s_acquire, *s_permits_mode, *s_exclusive, *s_acquire_async, *s_r_lease,
-    *s_r_depth, *s_reentrant, *s_owner_key;
+static PyObject *s_owner, *s_release, *s_release_slow, *s_debug, *s_ch, *s_fair, *s_cm, *s_cm_stack,
+    *s_acquire, *s_permits_mode, *s_exclusive, *s_acquire_async, *s_reentrant, *s_owner_key, *s_throw, *s_close;
 
 static PyTypeObject Mutex_Type;
 static PyTypeObject ChannelState_Type;
@@ -229,6 +233,217 @@ static PyTypeObject Mutex_Type = {
 };
 
 /* ---------------------------------------------------------------------------------------------- */
+/* LeaseBase: the fields of a Lease in a C struct (twin: _lease._PyLeaseBase).                     */
+/*                                                                                                */
+/* interlock._lease.Lease subclasses it and keeps every method, docstring and behaviour in Python. */
+/* What C adds: the fields are member descriptors of this struct (no instance dict), the grant     */
+/* fills them with direct stores, and the finalizer is a C tp_finalize that costs nothing unless   */
+/* the Lease is still HELD; only then does it call Lease._on_garbage_collected(), the one copy of  */
+/* the leak path (the pure twin's __del__ calls the same method). file:// and redis:// create their */
+/* leases with Lease.__new__ / Lease(...) and attribute stores, which the member descriptors serve. */
+
+#define LEASE_HELD 0
+#define LEASE_RELEASED 1
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *channel;        /* _channel (T_OBJECT_EX: unset until the grant sets it) */
+    PyObject *token;
+    PyObject *permits;
+    PyObject *owner;
+    PyObject *site;           /* _site */
+    PyObject *mode;
+    PyObject *acquired_at;    /* a float, shared with the holder record */
+    PyObject *deadline;       /* _deadline, None when the lease does not expire */
+    PyObject *lost_callbacks; /* _lost_callbacks */
+    PyObject *lost_reason;    /* _lost_reason */
+    PyObject *backend_data;
+    PyObject *death_cb;       /* _death_cb */
+    PyObject *weakreflist;
+    int state;                /* _state: HELD 0, RELEASED 1, LOST 2, ABANDONED 3 */
+    char prev_died;           /* previous_owner_died */
+} LeaseObject;
+
+static PyTypeObject LeaseBase_Type;
+static PyObject *s_on_garbage_collected;
+
+#define IS_LEASE(o) ((PyObject *)Py_TYPE(o) == Lease_type || PyObject_TypeCheck((o), &LeaseBase_Type))
+
+static PyObject *
+LeaseBase_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    /* Arguments are Lease.__init__'s business; every field starts unset/None, _state HELD. */
+    return type->tp_alloc(type, 0);
+}
+
+static int
+LeaseBase_traverse(LeaseObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->channel);
+    Py_VISIT(self->token);
+    Py_VISIT(self->permits);
+    Py_VISIT(self->owner);
+    Py_VISIT(self->site);
+    Py_VISIT(self->mode);
+    Py_VISIT(self->acquired_at);
+    Py_VISIT(self->deadline);
+    Py_VISIT(self->lost_callbacks);
+    Py_VISIT(self->lost_reason);
+    Py_VISIT(self->backend_data);
+    Py_VISIT(self->death_cb);
+    return 0;
+}
+
+static int
+LeaseBase_clear(LeaseObject *self)
+{
+    Py_CLEAR(self->channel);
+    Py_CLEAR(self->token);
+    Py_CLEAR(self->permits);
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->site);
+    Py_CLEAR(self->mode);
+    Py_CLEAR(self->acquired_at);
+    Py_CLEAR(self->deadline);
+    Py_CLEAR(self->lost_callbacks);
+    Py_CLEAR(self->lost_reason);
+    Py_CLEAR(self->backend_data);
+    Py_CLEAR(self->death_cb);
+    return 0;
+}
+
+/* twin: _PyLeaseBase.__del__. Runs once per object (PEP 442), also for cycles; the leak path may
+   resurrect the Lease (the reaper thread queues it), which tp_finalize allows. */
+static void
+LeaseBase_finalize(LeaseObject *self)
+{
+    if (self->state != LEASE_HELD) {
+        return;
+    }
+    PyObject *r;
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *exc = PyErr_GetRaisedException();
+#else
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+#endif
+    r = PyObject_CallMethodNoArgs((PyObject *)self, s_on_garbage_collected);
+    if (r == NULL) {
+        PyErr_WriteUnraisable((PyObject *)self);
+    }
+    else {
+        Py_DECREF(r);
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyErr_Restore(et, ev, tb);
+#endif
+}
+
+static void
+LeaseBase_dealloc(LeaseObject *self)
+{
+    /* Called directly for LeaseBase itself, and by the subclass's dealloc (which has already run the
+       finalizer; a second call returns at once). The finalizer does nothing unless HELD. */
+    if (self->state == LEASE_HELD && PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
+        return;  /* resurrected */
+    }
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    LeaseBase_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+lease_state_get(LeaseObject *self, void *closure)
+{
+    return PyLong_FromLong(self->state);
+}
+
+static int
+lease_state_set(LeaseObject *self, PyObject *value, void *closure)
+{
+    long v;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_state cannot be deleted");
+        return -1;
+    }
+    if (!PyLong_Check(value) || (v = PyLong_AsLong(value)) < 0 || v > 3) {
+        if (!PyErr_Occurred() || PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_ValueError, "_state must be HELD, RELEASED, LOST or ABANDONED (0-3)");
+        }
+        return -1;
+    }
+    self->state = (int)v;
+    return 0;
+}
+
+static PyObject *
+lease_prev_died_get(LeaseObject *self, void *closure)
+{
+    return PyBool_FromLong(self->prev_died);
+}
+
+static int
+lease_prev_died_set(LeaseObject *self, PyObject *value, void *closure)
+{
+    int v;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "previous_owner_died cannot be deleted");
+        return -1;
+    }
+    if ((v = PyObject_IsTrue(value)) < 0) {
+        return -1;
+    }
+    self->prev_died = (char)v;
+    return 0;
+}
+
+static PyGetSetDef LeaseBase_getset[] = {
+    {"_state", (getter)lease_state_get, (setter)lease_state_set, "HELD 0, RELEASED 1, LOST 2, ABANDONED 3", NULL},
+    {"previous_owner_died", (getter)lease_prev_died_get, (setter)lease_prev_died_set,
+     "True when this grant follows a holder that never released", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef LeaseBase_members[] = {
+    {"_channel", T_OBJECT_EX, offsetof(LeaseObject, channel), 0, NULL},
+    {"token", T_OBJECT_EX, offsetof(LeaseObject, token), 0, "the fencing token"},
+    {"permits", T_OBJECT_EX, offsetof(LeaseObject, permits), 0, "how many permits this lease holds"},
+    {"owner", T_OBJECT_EX, offsetof(LeaseObject, owner), 0, "the thread or task that acquired it"},
+    {"_site", T_OBJECT_EX, offsetof(LeaseObject, site), 0, NULL},
+    {"mode", T_OBJECT_EX, offsetof(LeaseObject, mode), 0, "exclusive, shared or permits"},
+    {"acquired_at", T_OBJECT_EX, offsetof(LeaseObject, acquired_at), 0, "time.monotonic() of the grant"},
+    /* T_OBJECT: unset reads as None, the default of these fields */
+    {"_deadline", T_OBJECT, offsetof(LeaseObject, deadline), 0, NULL},
+    {"_lost_callbacks", T_OBJECT, offsetof(LeaseObject, lost_callbacks), 0, NULL},
+    {"_lost_reason", T_OBJECT, offsetof(LeaseObject, lost_reason), 0, NULL},
+    {"backend_data", T_OBJECT, offsetof(LeaseObject, backend_data), 0, "the backend's own record"},
+    {"_death_cb", T_OBJECT, offsetof(LeaseObject, death_cb), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject LeaseBase_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "interlock._speedups.LeaseBase",
+    .tp_doc = "The fields and finalizer of interlock.Lease in C (twin: interlock._lease._PyLeaseBase).",
+    .tp_basicsize = sizeof(LeaseObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = LeaseBase_new,
+    .tp_dealloc = (destructor)LeaseBase_dealloc,
+    .tp_traverse = (traverseproc)LeaseBase_traverse,
+    .tp_clear = (inquiry)LeaseBase_clear,
+    .tp_finalize = (destructor)LeaseBase_finalize,
+    .tp_weaklistoffset = offsetof(LeaseObject, weakreflist),
+    .tp_members = LeaseBase_members,
+    .tp_getset = LeaseBase_getset,
+};
+
+/* ---------------------------------------------------------------------------------------------- */
 /* ChannelState: the state of one memory:// primitive, base class of the native MemoryChannel.     */
 
 typedef struct {
@@ -294,19 +509,19 @@ queue_length(ChannelState *self)
     return self->waiters == NULL ? 0 : PyObject_Length(self->waiters);
 }
 
-/* Lease attribute stores: Lease has no __setattr__ of its own (checked by configure()), so the generic
-   store is what PyObject_SetAttr would call, minus its dispatch (names are interned already). */
-#define SET(obj, name, value) PyObject_GenericSetAttr((obj), (name), (value))
-
 /* twin: memory.py _PyChannelState._grant_locked. Caller holds the mutex and checked that the permits
    fit. Every allocation comes first; the shared state changes only at the end, by stores that cannot
-   fail or run Python code, so a failure (MemoryError) leaves nothing behind. */
+   fail or run Python code, so a failure (MemoryError) leaves nothing behind. The Lease is allocated
+   with tp_alloc (Lease is a subclass of LeaseBase with no fields of its own, checked by configure())
+   and filled by direct stores: no Python __new__/__init__ runs. */
 static PyObject *
 grant_locked(ChannelState *self, Py_ssize_t permits, PyObject *permits_obj, PyObject *owner,
              PyObject *site, PyObject *mode)
 {
-    PyObject *token = NULL, *lease = NULL, *at = NULL, *rec = NULL;
-    if (self->holders == NULL) {
+    PyObject *token = NULL, *at = NULL, *rec = NULL;
+    LeaseObject *lease = NULL;
+    PyTypeObject *lt = (PyTypeObject *)Lease_type;
+    if (self->holders == NULL || lt == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "memory channel not initialised");
         return NULL;
     }
@@ -314,20 +529,13 @@ grant_locked(ChannelState *self, Py_ssize_t permits, PyObject *permits_obj, PyOb
     if (token == NULL) {
         return NULL;
     }
-    lease = ((PyTypeObject *)Lease_type)->tp_new((PyTypeObject *)Lease_type, empty_tuple, NULL);
+    lease = (LeaseObject *)lt->tp_alloc(lt, 0);
     if (lease == NULL) {
         goto fail;
     }
+    /* From here a failure drops a Lease whose _state is HELD: mark it released first (below). */
     at = PyFloat_FromDouble(monotonic_seconds());
     if (at == NULL) {
-        goto fail;
-    }
-    if (SET(lease, s_channel, (PyObject *)self) < 0 || SET(lease, s_token, token) < 0
-        || SET(lease, s_permits, permits_obj) < 0 || SET(lease, s_owner, owner) < 0
-        || SET(lease, s_site, site) < 0 || SET(lease, s_mode, mode) < 0 || SET(lease, s_acquired_at, at) < 0) {
-        goto fail;
-    }
-    if (self->prev_died && SET(lease, s_previous_owner_died, Py_True) < 0) {
         goto fail;
     }
     rec = PyTuple_Pack(4, owner, permits_obj, at, mode);
@@ -335,21 +543,23 @@ grant_locked(ChannelState *self, Py_ssize_t permits, PyObject *permits_obj, PyOb
         goto fail;
     }
     /* committed: plain stores from here on */
+    lease->channel = Py_NewRef((PyObject *)self);
+    lease->token = token;  /* the reference taken above */
+    lease->permits = Py_NewRef(permits_obj);
+    lease->owner = Py_NewRef(owner);
+    lease->site = Py_NewRef(site);
+    lease->mode = Py_NewRef(mode);
+    lease->acquired_at = at;  /* the reference taken above */
+    lease->prev_died = self->prev_died;
     Py_DECREF(rec);
-    Py_DECREF(at);
-    Py_XSETREF(self->last_token, token);
+    Py_XSETREF(self->last_token, Py_NewRef(token));
     self->prev_died = 0;
     self->available -= permits;
-    return lease;
+    return (PyObject *)lease;
 fail:
     /* Nothing was committed. A half-built Lease must not look held to its finalizer. */
     if (lease != NULL) {
-        PyObject *et, *ev, *tb;
-        PyErr_Fetch(&et, &ev, &tb);
-        if (PyObject_SetAttr(lease, s_state, one) < 0) {
-            PyErr_Clear();
-        }
-        PyErr_Restore(et, ev, tb);
+        lease->state = LEASE_RELEASED;
     }
     Py_XDECREF(rec);
     Py_XDECREF(at);
@@ -436,10 +646,16 @@ channel_release(ChannelState *self, PyObject *lease, PyObject *permits_obj, int 
     if (permits_obj != NULL && get_permits(permits_obj, &permits) < 0) {
         return NULL;
     }
-    token = PyObject_GetAttr(lease, s_token);
-    if (token == NULL) {
+    if (!IS_LEASE(lease)) {
+        PyErr_SetString(PyExc_TypeError, "release() needs an interlock.Lease");
         return NULL;
     }
+    token = ((LeaseObject *)lease)->token;
+    if (token == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "this Lease has no token");
+        return NULL;
+    }
+    Py_INCREF(token);
     MutexObject *m = (MutexObject *)self->mutex;
     if (mutex_lock(m) < 0) {
         Py_DECREF(token);
@@ -482,10 +698,12 @@ channel_release(ChannelState *self, PyObject *lease, PyObject *permits_obj, int 
         return NULL;
     }
     if (!handled) {
-        PyObject *r, *p = permits_obj != NULL ? Py_NewRef(permits_obj) : PyObject_GetAttr(lease, s_permits);
+        PyObject *r, *p = permits_obj != NULL ? permits_obj : ((LeaseObject *)lease)->permits;
         if (p == NULL) {
+            PyErr_SetString(PyExc_AttributeError, "this Lease has no permits");
             return NULL;
         }
+        Py_INCREF(p);
         PyObject *args[4] = {(PyObject *)self, lease, p, abandoned ? Py_True : Py_False};
         r = PyObject_VectorcallMethod(s_release_slow, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
         Py_DECREF(p);
@@ -494,15 +712,10 @@ channel_release(ChannelState *self, PyObject *lease, PyObject *permits_obj, int 
     if (thread_owned) {
         Py_RETURN_NONE;
     }
-    cb = PyObject_GetAttr(lease, s_death_cb);
-    if (cb == NULL) {
-        return NULL;
-    }
-    if (cb != Py_None) {
-        Py_DECREF(cb);
+    cb = ((LeaseObject *)lease)->death_cb;
+    if (cb != NULL && cb != Py_None) {
         return PyObject_CallOneArg(untrack_task_death, lease);
     }
-    Py_DECREF(cb);
     Py_RETURN_NONE;
 }
 
@@ -512,28 +725,20 @@ channel_release(ChannelState *self, PyObject *lease, PyObject *permits_obj, int 
 static PyObject *
 lease_release(PyObject *lease, PyObject *ch)
 {
-    PyObject *state = PyObject_GetAttr(lease, s_state), *r;
-    if (state == NULL) {
-        return NULL;
-    }
-    int held = PyLong_CheckExact(state) && PyLong_AsLong(state) == 0;
-    Py_DECREF(state);
-    if (!held) {
+    LeaseObject *l = (LeaseObject *)lease;
+    if (!IS_LEASE(lease) || l->state != LEASE_HELD) {
         return PyObject_CallMethodNoArgs(lease, s_release);  /* lost or already released */
     }
     if (ch == NULL) {
-        if ((ch = PyObject_GetAttr(lease, s_channel)) == NULL) {
-            return NULL;
-        }
+        ch = l->channel;
     }
-    else {
-        Py_INCREF(ch);
-    }
-    if (!IS_NATIVE(ch)) {
-        Py_DECREF(ch);
+    if (ch == NULL || !IS_NATIVE(ch)) {
         return PyObject_CallMethodNoArgs(lease, s_release);
     }
-    r = PyObject_SetAttr(lease, s_state, one) < 0 ? NULL : channel_release((ChannelState *)ch, lease, NULL, 0);
+    /* a native channel's Lease: Lease.release would do exactly this (its HELD branch) */
+    Py_INCREF(ch);
+    l->state = LEASE_RELEASED;
+    PyObject *r = channel_release((ChannelState *)ch, lease, NULL, 0);
     Py_DECREF(ch);
     return r;
 }
@@ -621,6 +826,8 @@ typedef struct {
     PyObject_HEAD
     PyObject *result;
 } ReadyObject;
+
+static PyObject *ready_none = NULL;  /* the Ready of None that __aexit__ returns */
 
 static PyObject *
 ready_new(PyObject *result)
@@ -726,7 +933,7 @@ static inline PyObject *
 cm_stack_of(PyObject *owner)
 {
     return Py_IS_TYPE(owner, ThreadOwner_type) ? slot_get(owner, off_cm_stack, s_cm_stack)
-                                                : cm_stack_of(owner);
+                                                : PyObject_GetAttr(owner, s_cm_stack);
 }
 
 static int
@@ -741,16 +948,27 @@ debug_on(void)
 
 /* The calling thread's owner: _core.owner._tls.owner, created by thread_owner() on first use.
    _tls.owner never changes once set, so a copy is kept in the thread state's dict (a lookup there
-   costs a third of a threading.local attribute read). Returns a new reference. If `create` is false,
+   costs a third of a threading.local attribute read), and the last thread's owner is also kept here
+   under its thread state's id (unique for the life of the process, never reused), which spares the
+   dict lookup while one thread does the acquiring. Returns a new reference. If `create` is false,
    returns NULL without an exception when the thread has no owner yet. */
+static uint64_t last_owner_tsid = 0;
+static PyObject *last_owner = NULL;
+
 static PyObject *
 thread_owner_ref(int create)
 {
+    uint64_t tsid = PyThreadState_GetID(PyThreadState_Get());
+    if (last_owner != NULL && tsid == last_owner_tsid) {
+        return Py_NewRef(last_owner);
+    }
     PyObject *tdict = PyThreadState_GetDict();  /* borrowed */
     PyObject *o;
     if (tdict != NULL) {
         o = PyDict_GetItemWithError(tdict, s_owner_key);  /* borrowed */
         if (o != NULL) {
+            Py_XSETREF(last_owner, Py_NewRef(o));
+            last_owner_tsid = tsid;
             return Py_NewRef(o);
         }
         if (PyErr_Occurred()) {
@@ -928,13 +1146,12 @@ sem_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return call_with_self(py_sem_exit, self, args, nargs, NULL);
     }
     top = Py_NewRef(PyList_GET_ITEM(stack, n - 1));
-    top_ch = PyObject_GetAttr(top, s_channel);
+    top_ch = IS_LEASE(top) ? Py_XNewRef(((LeaseObject *)top)->channel) : NULL;
     Py_DECREF(ch);
     if (top_ch != ch) {
         Py_XDECREF(top_ch);
         Py_DECREF(top);
         Py_DECREF(stack);
-        PyErr_Clear();
         return call_with_self(py_sem_exit, self, args, nargs, NULL);
     }
     /* list.pop(): the stack drops its reference to `top`, which we hold */
@@ -985,15 +1202,111 @@ sem_acquire(PyObject *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *
    C module's task table, 3.10/3.11) the task is one dict lookup, else current_task_fn(loop). */
 static PyObject *get_running_loop_fn = NULL, *current_tasks = NULL, *current_task_fn = NULL;
 
+#if PY_VERSION_HEX < 0x030C0000 && !defined(MS_WINDOWS)
+/* On 3.10/3.11 asyncio._get_running_loop() makes a getpid() system call whenever a loop runs (to
+   answer None in a forked child), ~140 ns of the ~190 ns it costs on a VM; `async with sem` asks
+   twice. So each thread remembers the loop it last found running (a weak reference in its thread
+   state dict, with the fork generation), and trusts it while that loop's run_forever is still active
+   on this thread: BaseEventLoop sets _thread_id to the running thread's ident right before it becomes
+   the running loop and clears it right after, and one thread runs at most one loop at a time. A
+   fork bumps the generation (pthread_atfork), so a child asks asyncio again, as the twin does.
+   Loops without an int _thread_id (other implementations) always take the asyncio call. 3.12+
+   dropped the getpid() call (asyncio resets the running loop at fork), so they need no cache. */
+#define LOOP_CACHE 1
+#include <pthread.h>
+static unsigned long fork_generation = 0;
+static PyObject *s_loop_cache, *s_thread_id;
+
+static void
+bump_fork_generation(void)
+{
+    fork_generation++;
+}
+
+/* The last thread's entry is also kept here under its thread state id (unique, never reused), which
+   spares the thread-dict lookup while one thread does the acquiring. */
+static uint64_t last_loop_tsid = 0;
+static PyObject *last_loop_entry = NULL;  /* (weakref to the loop, fork generation) */
+
+/* the loop running on this thread (new reference), or NULL without an exception: ask asyncio */
+static PyObject *
+cached_running_loop(PyObject *tdict, uint64_t tsid)
+{
+    PyObject *entry;
+    if (last_loop_entry != NULL && tsid == last_loop_tsid) {
+        entry = last_loop_entry;
+    }
+    else if ((entry = PyDict_GetItemWithError(tdict, s_loop_cache)) == NULL) {  /* borrowed */
+        PyErr_Clear();
+        return NULL;
+    }
+    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2
+        || PyLong_AsUnsignedLong(PyTuple_GET_ITEM(entry, 1)) != fork_generation) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *loop = PyWeakref_GetObject(PyTuple_GET_ITEM(entry, 0));  /* borrowed */
+    if (loop == NULL || loop == Py_None) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *tid = PyObject_GetAttr(loop, s_thread_id);
+    if (tid == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    int running = PyLong_CheckExact(tid) && PyLong_AsUnsignedLong(tid) == PyThread_get_thread_ident();
+    Py_DECREF(tid);
+    if (!running) {
+        PyErr_Clear();  /* (an OverflowError from a negative or huge _thread_id) */
+        return NULL;
+    }
+    if (entry != last_loop_entry) {
+        Py_XSETREF(last_loop_entry, Py_NewRef(entry));
+        last_loop_tsid = tsid;
+    }
+    return Py_NewRef(loop);
+}
+
+static void
+remember_running_loop(PyObject *tdict, uint64_t tsid, PyObject *loop)
+{
+    PyObject *ref = PyWeakref_NewRef(loop, NULL), *gen = NULL, *entry = NULL;
+    if (ref != NULL && (gen = PyLong_FromUnsignedLong(fork_generation)) != NULL
+        && (entry = PyTuple_Pack(2, ref, gen)) != NULL && PyDict_SetItem(tdict, s_loop_cache, entry) == 0) {
+        Py_XSETREF(last_loop_entry, Py_NewRef(entry));
+        last_loop_tsid = tsid;
+    }
+    Py_XDECREF(entry);
+    Py_XDECREF(gen);
+    Py_XDECREF(ref);
+    PyErr_Clear();  /* not weak-referenceable, or no memory: no cache, same answer */
+}
+#endif
+
 static PyObject *
 task_owner(void)
 {
-    PyObject *loop, *task;
+    PyObject *loop = NULL, *task;
     if (get_running_loop_fn == NULL) {
         return PyObject_CallNoArgs(task_owner_fn);
     }
-    if ((loop = PyObject_CallNoArgs(get_running_loop_fn)) == NULL) {
-        return NULL;
+#ifdef LOOP_CACHE
+    PyObject *tdict = PyThreadState_GetDict();  /* borrowed */
+    uint64_t tsid = PyThreadState_GetID(PyThreadState_Get());
+    if (tdict != NULL) {
+        loop = cached_running_loop(tdict, tsid);
+    }
+#endif
+    if (loop == NULL) {
+        if ((loop = PyObject_CallNoArgs(get_running_loop_fn)) == NULL) {
+            return NULL;
+        }
+#ifdef LOOP_CACHE
+        if (tdict != NULL && loop != Py_None) {
+            remember_running_loop(tdict, tsid, loop);
+        }
+#endif
     }
     if (loop == Py_None) {
         Py_DECREF(loop);
@@ -1118,11 +1431,307 @@ sem_aexit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     r = lease_release(lease, NULL);  /* memory:// release never blocks */
     Py_DECREF(lease);
     if (r != NULL) {
-        Py_SETREF(r, ready_new(Py_None));
+        /* one shared awaitable of None: a Ready holds nothing but its result */
+        if (ready_none == NULL) {
+            ready_none = ready_new(Py_None);
+        }
+        Py_SETREF(r, Py_XNewRef(ready_none));
     }
 done:
     Py_XDECREF(cm);
     Py_XDECREF(owner);
+    return r;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Acquire: what the C Semaphore.acquire_async returns (twin: the coroutine of                     */
+/* MemoryChannel.acquire_async that the Python method returns).                                    */
+/*                                                                                                */
+/* A coroutine-like object (send, throw, close, __await__: asyncio.iscoroutine() accepts it, so     */
+/* create_task() and wait_for() take it as they take the Python coroutine). Like a coroutine it     */
+/* does nothing until first resumed: the grant is tried at the first send (the `await`), and an     */
+/* uncontended grant returns at once through am_send (PYGEN_RETURN, no StopIteration object). When  */
+/* the request must wait it creates the Python coroutine (MemoryChannel.acquire_async, which        */
+/* queues, times out and handles cancellation) and forwards send/throw/close to it from then on.    */
+/* A throw or close before the first send grants nothing, as for a coroutine that never started.    */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *ch;        /* ChannelState; NULL once started */
+    PyObject *permits_obj;
+    PyObject *owner;
+    PyObject *site;
+    PyObject *fair_obj;
+    PyObject *inner;     /* the Python coroutine, when the request had to wait */
+    Py_ssize_t permits;
+    char started;
+} AcquireObject;
+
+static PyTypeObject Acquire_Type;
+
+static int
+Acquire_traverse(AcquireObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->ch);
+    Py_VISIT(self->permits_obj);
+    Py_VISIT(self->owner);
+    Py_VISIT(self->site);
+    Py_VISIT(self->fair_obj);
+    Py_VISIT(self->inner);
+    return 0;
+}
+
+static int
+Acquire_clear_request(AcquireObject *self)
+{
+    Py_CLEAR(self->ch);
+    Py_CLEAR(self->permits_obj);
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->site);
+    Py_CLEAR(self->fair_obj);
+    return 0;
+}
+
+static int
+Acquire_clear(AcquireObject *self)
+{
+    Acquire_clear_request(self);
+    Py_CLEAR(self->inner);
+    return 0;
+}
+
+/* like a coroutine that was never awaited (nor closed): say so, since the acquire never happened */
+static void
+Acquire_finalize(AcquireObject *self)
+{
+    if (self->started) {
+        return;
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *exc = PyErr_GetRaisedException();
+#else
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+#endif
+    if (PyErr_WarnEx(PyExc_RuntimeWarning, "Semaphore.acquire_async() was never awaited", 1) < 0) {
+        PyErr_WriteUnraisable((PyObject *)self);
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyErr_Restore(et, ev, tb);
+#endif
+}
+
+static void
+Acquire_dealloc(AcquireObject *self)
+{
+    /* the finalizer does nothing once started */
+    if (!self->started && PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
+        return;  /* resurrected by a warning filter */
+    }
+    PyObject_GC_UnTrack(self);
+    Acquire_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyObject *
+acquire_new(ChannelState *ch, Py_ssize_t permits, PyObject *permits_obj, PyObject *owner, PyObject *site,
+            PyObject *fair_obj)
+{
+    AcquireObject *a = PyObject_GC_New(AcquireObject, &Acquire_Type);
+    if (a == NULL) {
+        return NULL;
+    }
+    a->ch = Py_NewRef((PyObject *)ch);
+    a->permits_obj = Py_NewRef(permits_obj);
+    a->owner = Py_NewRef(owner);
+    a->site = Py_NewRef(site);
+    a->fair_obj = Py_NewRef(fair_obj);
+    a->inner = NULL;
+    a->permits = permits;
+    a->started = 0;
+    PyObject_GC_Track(a);
+    return (PyObject *)a;
+}
+
+static PySendResult
+Acquire_send_impl(AcquireObject *self, PyObject *arg, PyObject **result)
+{
+    *result = NULL;
+    if (self->inner != NULL) {
+        return PyIter_Send(self->inner, arg, result);
+    }
+    if (self->started) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited acquire_async()");
+        return PYGEN_ERROR;
+    }
+    if (arg != Py_None) {
+        PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started acquire_async()");
+        return PYGEN_ERROR;
+    }
+    self->started = 1;
+    int fair = PyObject_IsTrue(self->fair_obj);
+    if (fair < 0) {
+        Acquire_clear_request(self);
+        return PYGEN_ERROR;
+    }
+    PyObject *lease = try_grant((ChannelState *)self->ch, self->permits, self->permits_obj, self->owner,
+                                self->site, s_permits_mode, fair);
+    if (lease != NULL && lease != Py_None) {
+        Acquire_clear_request(self);
+        *result = lease;
+        return PYGEN_RETURN;
+    }
+    if (lease == Py_None) {  /* must wait: the Python coroutine does it all */
+        Py_DECREF(lease);
+        PyObject *args[8] = {self->ch, self->permits_obj, Py_None, Py_True, self->owner, self->site,
+                             s_permits_mode, self->fair_obj};
+        self->inner = PyObject_VectorcallMethod(s_acquire_async, args, 8 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    Acquire_clear_request(self);
+    if (self->inner == NULL) {
+        return PYGEN_ERROR;
+    }
+    return PyIter_Send(self->inner, Py_None, result);
+}
+
+/* send() and iteration from Python: a return becomes StopIteration(value), as for a coroutine */
+static PyObject *
+Acquire_send_py(AcquireObject *self, PyObject *arg)
+{
+    PyObject *result;
+    PySendResult r = Acquire_send_impl(self, arg, &result);
+    if (r == PYGEN_NEXT) {
+        return result;
+    }
+    if (r == PYGEN_RETURN) {
+        if (result == Py_None) {
+            PyErr_SetNone(PyExc_StopIteration);
+        }
+        else {
+            PyObject *exc = PyObject_CallOneArg(PyExc_StopIteration, result);
+            if (exc != NULL) {
+                PyErr_SetObject(PyExc_StopIteration, exc);
+                Py_DECREF(exc);
+            }
+        }
+        Py_DECREF(result);
+    }
+    return NULL;
+}
+
+static PyObject *
+Acquire_iternext(AcquireObject *self)
+{
+    return Acquire_send_py(self, Py_None);
+}
+
+static PyObject *
+Acquire_throw(AcquireObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "throw(typ[, val[, tb]])");
+        return NULL;
+    }
+    if (self->inner != NULL) {
+        PyObject *stack[5] = {NULL, self->inner};
+        for (Py_ssize_t i = 0; i < nargs; i++) {
+            stack[i + 2] = args[i];
+        }
+        return PyObject_VectorcallMethod(s_throw, stack + 1, (nargs + 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    /* not started (or finished): nothing was granted; raise the exception here */
+    self->started = 1;
+    Acquire_clear_request(self);
+    PyObject *typ = args[0], *val = nargs > 1 ? args[1] : Py_None;
+    if (PyExceptionInstance_Check(typ)) {
+        PyErr_SetObject((PyObject *)Py_TYPE(typ), typ);
+    }
+    else if (PyExceptionClass_Check(typ)) {
+        PyErr_SetObject(typ, val);
+    }
+    else {
+        PyErr_SetString(PyExc_TypeError, "exceptions must be classes or instances deriving from BaseException");
+    }
+    return NULL;
+}
+
+static PyObject *
+Acquire_close(AcquireObject *self, PyObject *Py_UNUSED(ignored))
+{
+    self->started = 1;
+    Acquire_clear_request(self);
+    if (self->inner != NULL) {
+        return PyObject_CallMethodNoArgs(self->inner, s_close);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Acquire_await(AcquireObject *self)
+{
+    return Py_NewRef(self);
+}
+
+static PyMethodDef Acquire_methods[] = {
+    {"send", (PyCFunction)Acquire_send_py, METH_O, "send(value)\n--\n\nResume (as coroutine.send)."},
+    {"throw", (PyCFunction)(void (*)(void))Acquire_throw, METH_FASTCALL,
+     "throw(typ[, val[, tb]])\n--\n\nRaise inside (as coroutine.throw); before the first send nothing was granted."},
+    {"close", (PyCFunction)Acquire_close, METH_NOARGS, "close()\n--\n\nClose (as coroutine.close)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyAsyncMethods Acquire_async = {
+    .am_await = (unaryfunc)Acquire_await,
+    .am_send = (sendfunc)Acquire_send_impl,
+};
+
+static PyTypeObject Acquire_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "interlock._speedups.Acquire",
+    .tp_doc = "The awaitable of Semaphore.acquire_async() on a native memory:// channel (a coroutine twin).",
+    .tp_basicsize = sizeof(AcquireObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_dealloc = (destructor)Acquire_dealloc,
+    .tp_finalize = (destructor)Acquire_finalize,
+    .tp_traverse = (traverseproc)Acquire_traverse,
+    .tp_clear = (inquiry)Acquire_clear,
+    .tp_as_async = &Acquire_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)Acquire_iternext,
+    .tp_methods = Acquire_methods,
+};
+
+/* twin: _primitives.Semaphore.acquire_async (the C path takes only `acquire_async()` /
+   `acquire_async(n)`; keyword arguments, debug mode and other backends run the Python method) */
+static PyObject *
+sem_acquire_async(PyObject *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), permits = 1;
+    PyObject *permits_obj = one, *owner = NULL, *fair = NULL, *site = NULL, *r = NULL;
+    if ((kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) || nargs > 1) {
+        return call_with_self(py_sem_acquire_async, self, args, nargs, kwnames);
+    }
+    if (nargs == 1) {
+        permits_obj = args[0];
+        if (!PyLong_CheckExact(permits_obj) || (permits = PyLong_AsSsize_t(permits_obj)) < 1) {
+            PyErr_Clear();
+            return call_with_self(py_sem_acquire_async, self, args, nargs, kwnames);
+        }
+    }
+    ChannelState *ch = fast_channel(self);
+    if (ch == NULL) {
+        return PyErr_Occurred() ? NULL : call_with_self(py_sem_acquire_async, self, args, nargs, kwnames);
+    }
+    if ((owner = task_owner()) != NULL && (fair = slot_get(self, off_fair, s_fair)) != NULL
+        && (site = caller_code()) != NULL) {
+        r = acquire_new(ch, permits, permits_obj, owner, site, fair);
+    }
+    Py_XDECREF(site);
+    Py_XDECREF(fair);
+    Py_XDECREF(owner);
+    Py_DECREF(ch);
     return r;
 }
 
@@ -1217,12 +1826,51 @@ lock_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* twins: _lease.Lease.release / __exit__ / __enter__. A HELD lease of a native channel is released
+   here (lease_release); every other case (lost, released, other backends) runs the Python method. */
+static PyObject *py_lease_release, *py_lease_exit, *py_lease_enter;
+
+static PyObject *
+lease_release_method(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    LeaseObject *l = (LeaseObject *)self;
+    if (l->state != LEASE_HELD || l->channel == NULL || !IS_NATIVE(l->channel)) {
+        return PyObject_CallOneArg(py_lease_release, self);
+    }
+    return lease_release(self, l->channel);
+}
+
+static PyObject *
+lease_exit_method(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    LeaseObject *l = (LeaseObject *)self;
+    if (nargs != 3 || l->state != LEASE_HELD || l->channel == NULL || !IS_NATIVE(l->channel)) {
+        return call_with_self(py_lease_exit, self, args, nargs, NULL);
+    }
+    return lease_release(self, l->channel);
+}
+
+static PyObject *
+lease_enter_method(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return Py_NewRef(self);
+}
+
+static PyMethodDef lease_defs[] = {
+    {"release", (PyCFunction)lease_release_method, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))lease_exit_method, METH_FASTCALL, NULL},
+    {"__enter__", (PyCFunction)lease_enter_method, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+static PyObject **lease_fallbacks[] = {&py_lease_release, &py_lease_exit, &py_lease_enter};
+
 static PyMethodDef sem_defs[] = {
     {"__enter__", (PyCFunction)sem_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))sem_exit, METH_FASTCALL, NULL},
     {"acquire", (PyCFunction)(void (*)(void))sem_acquire, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"__aenter__", (PyCFunction)sem_aenter, METH_NOARGS, NULL},
     {"__aexit__", (PyCFunction)(void (*)(void))sem_aexit, METH_FASTCALL, NULL},
+    {"acquire_async", (PyCFunction)(void (*)(void))sem_acquire_async, METH_FASTCALL | METH_KEYWORDS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1233,7 +1881,8 @@ static PyMethodDef lock_defs[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyObject **sem_fallbacks[] = {&py_sem_enter, &py_sem_exit, &py_sem_acquire, &py_sem_aenter, &py_sem_aexit};
+static PyObject **sem_fallbacks[] = {&py_sem_enter, &py_sem_exit, &py_sem_acquire, &py_sem_aenter, &py_sem_aexit,
+                                     &py_sem_acquire_async};
 static PyObject **lock_fallbacks[] = {&py_lock_enter, &py_lock_exit, &py_lock_acquire};
 
 static int
@@ -1244,11 +1893,25 @@ bind(PyObject *cls, PyMethodDef *defs, PyObject ***fallbacks)
         if (orig == NULL) {
             return -1;
         }
-        /* keep the Python method's docstring and signature for help() */
+        /* keep the Python method's docstring for help() (a copy that lives as long as the process) */
         PyObject *doc = PyObject_GetAttrString(orig, "__doc__");
         Py_XSETREF(*fallbacks[i], orig);
         if (doc == NULL) {
             return -1;
+        }
+        if (defs[i].ml_doc == NULL && PyUnicode_Check(doc)) {
+            Py_ssize_t size;
+            const char *text = PyUnicode_AsUTF8AndSize(doc, &size);
+            char *copy = text == NULL ? NULL : PyMem_RawMalloc(size + 1);
+            if (copy == NULL) {
+                Py_DECREF(doc);
+                if (!PyErr_Occurred()) {
+                    PyErr_NoMemory();
+                }
+                return -1;
+            }
+            memcpy(copy, text, size + 1);
+            defs[i].ml_doc = copy;
         }
         PyObject *descr = PyDescr_NewMethod((PyTypeObject *)cls, &defs[i]);
         if (descr == NULL) {
@@ -1307,14 +1970,32 @@ bind_facades(PyObject *module, PyObject *args)
 }
 
 static PyObject *
+bind_lease(PyObject *module, PyObject *lease_cls)
+{
+    if (!PyType_Check(lease_cls) || !PyType_IsSubtype((PyTypeObject *)lease_cls, &LeaseBase_Type)) {
+        PyErr_SetString(PyExc_TypeError, "bind_lease() needs the Lease class (a LeaseBase subclass)");
+        return NULL;
+    }
+    if (bind(lease_cls, lease_defs, lease_fallbacks) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 configure(PyObject *module, PyObject *args)
 {
     PyObject *lease_type, *untrack;
     if (!PyArg_ParseTuple(args, "O!O:configure", &PyType_Type, &lease_type, &untrack)) {
         return NULL;
     }
-    if (((PyTypeObject *)lease_type)->tp_setattro != PyObject_GenericSetAttr) {
-        PyErr_SetString(PyExc_TypeError, "Lease must use the generic __setattr__");
+    /* grant_locked allocates Leases with tp_alloc and fills the LeaseBase struct: Lease must be a
+       subclass that adds no storage of its own (__slots__ = ()) and no __new__/__init__ work the fast
+       path would skip beyond what LeaseBase_new does. */
+    if (!PyType_IsSubtype((PyTypeObject *)lease_type, &LeaseBase_Type)
+        || ((PyTypeObject *)lease_type)->tp_basicsize != LeaseBase_Type.tp_basicsize
+        || ((PyTypeObject *)lease_type)->tp_dictoffset != 0) {
+        PyErr_SetString(PyExc_TypeError, "Lease must subclass LeaseBase with __slots__ = ()");
         return NULL;
     }
     Py_XSETREF(Lease_type, Py_NewRef(lease_type));
@@ -1495,9 +2176,12 @@ ChannelState_release_contended(ChannelState *self, PyObject *const *args, Py_ssi
         PyErr_SetString(PyExc_RuntimeError, "memory channel not initialised");
         return NULL;
     }
-    if ((token = PyObject_GetAttr(lease, s_token)) == NULL) {
+    /* with the accelerator built every Lease (even one made by Lease(...)) has the C core */
+    if (!IS_LEASE(lease) || ((LeaseObject *)lease)->token == NULL) {
+        PyErr_SetString(PyExc_TypeError, "_release_contended() needs a granted Lease");
         return NULL;
     }
+    token = Py_NewRef(((LeaseObject *)lease)->token);
     MutexObject *m = (MutexObject *)self->mutex;
     if (mutex_lock(m) < 0) {
         Py_DECREF(token);
@@ -1551,14 +2235,10 @@ ChannelState_release_contended(ChannelState *self, PyObject *const *args, Py_ssi
     if (err < 0) {
         return NULL;
     }
-    if ((cb = PyObject_GetAttr(lease, s_death_cb)) == NULL) {
-        return NULL;
-    }
-    if (cb != Py_None) {
-        Py_DECREF(cb);
+    cb = ((LeaseObject *)lease)->death_cb;  /* borrowed; NULL when never set */
+    if (cb != NULL && cb != Py_None) {
         return PyObject_CallOneArg(untrack_task_death, lease);
     }
-    Py_DECREF(cb);
     Py_RETURN_NONE;
 }
 
@@ -1834,6 +2514,8 @@ handoff_init(PyObject *module)
 static PyMethodDef module_methods[] = {
     {"configure", configure, METH_VARARGS,
      "configure(Lease, untrack_task_death, /)\n--\n\nSet the classes and hooks the fast paths use."},
+    {"bind_lease", bind_lease, METH_O,
+     "bind_lease(Lease, /)\n--\n\nInstall the C release/__enter__/__exit__ of Lease (the Python ones stay as fallbacks)."},
     {"bind_facades", bind_facades, METH_VARARGS,
      "bind_facades(Lock, Semaphore, tls, thread_owner, lease_module, task_owner, ThreadOwner, task_lookup, /)\n--\n\n"
      "Install the C fast paths as methods of the facade classes (the Python ones stay as fallbacks)."},
@@ -1859,18 +2541,9 @@ PyInit__speedups(void)
     return NULL;
 #else
     PyObject *m;
-    INTERN(s_channel, "_channel");
-    INTERN(s_token, "token");
-    INTERN(s_permits, "permits");
     INTERN(s_owner, "owner");
-    INTERN(s_site, "_site");
-    INTERN(s_mode, "mode");
-    INTERN(s_acquired_at, "acquired_at");
-    INTERN(s_previous_owner_died, "previous_owner_died");
     INTERN(s_release, "release");
     INTERN(s_release_slow, "_release_py");
-    INTERN(s_death_cb, "_death_cb");
-    INTERN(s_state, "_state");
     INTERN(s_debug, "_debug");
     INTERN(s_ch, "_ch");
     INTERN(s_fair, "_fair");
@@ -1880,14 +2553,24 @@ PyInit__speedups(void)
     INTERN(s_permits_mode, "permits");
     INTERN(s_exclusive, "exclusive");
     INTERN(s_acquire_async, "acquire_async");
-    INTERN(s_r_lease, "_r_lease");
-    INTERN(s_r_depth, "_r_depth");
     INTERN(s_reentrant, "_reentrant");
     INTERN(s_owner_key, "interlock._speedups.thread_owner");
+    INTERN(s_on_garbage_collected, "_on_garbage_collected");
+    INTERN(s_throw, "throw");
+#ifdef LOOP_CACHE
+    INTERN(s_loop_cache, "interlock._speedups.running_loop");
+    INTERN(s_thread_id, "_thread_id");
+    if (pthread_atfork(NULL, NULL, bump_fork_generation) != 0) {
+        PyErr_SetString(PyExc_ImportError, "interlock._speedups: pthread_atfork failed");
+        return NULL;
+    }
+#endif
+    INTERN(s_close, "close");
     if ((empty_tuple = PyTuple_New(0)) == NULL || (one = PyLong_FromLong(1)) == NULL) {
         return NULL;
     }
-    if (PyType_Ready(&Mutex_Type) < 0 || PyType_Ready(&ChannelState_Type) < 0 || PyType_Ready(&Ready_Type) < 0) {
+    if (PyType_Ready(&LeaseBase_Type) < 0 || PyType_Ready(&Mutex_Type) < 0 || PyType_Ready(&ChannelState_Type) < 0 || PyType_Ready(&Ready_Type) < 0
+        || PyType_Ready(&Acquire_Type) < 0) {
         return NULL;
     }
     m = PyModule_Create(&speedups_module);
@@ -1895,7 +2578,8 @@ PyInit__speedups(void)
         return NULL;
     }
     if (PyModule_AddObjectRef(m, "Mutex", (PyObject *)&Mutex_Type) < 0
-        || PyModule_AddObjectRef(m, "ChannelState", (PyObject *)&ChannelState_Type) < 0) {
+        || PyModule_AddObjectRef(m, "ChannelState", (PyObject *)&ChannelState_Type) < 0
+        || PyModule_AddObjectRef(m, "LeaseBase", (PyObject *)&LeaseBase_Type) < 0) {
         Py_DECREF(m);
         return NULL;
     }

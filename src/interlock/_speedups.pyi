@@ -11,6 +11,24 @@ from typing import Any
 
 from ._lease import Lease
 
+class LeaseBase:
+    """The fields and finalizer of ``interlock.Lease`` in C (twin: ``interlock._lease._PyLeaseBase``)."""
+
+    _channel: Any
+    token: int
+    permits: int
+    owner: Any
+    _site: Any
+    mode: str
+    acquired_at: float
+    _state: int
+    _deadline: float | None
+    _lost_callbacks: list[Callable[[Any], object]] | None
+    _lost_reason: str | None
+    previous_owner_died: bool
+    backend_data: Any
+    _death_cb: Any
+
 class Mutex:
     """A non-reentrant mutex (C twin of ``_thread.allocate_lock()``)."""
 
@@ -43,6 +61,7 @@ class ChannelState:
         self, permits: int, timeout: float | None, blocking: bool, owner: Any, site: Any, mode: str, fair: bool, /
     ) -> Lease: ...
 
+def bind_lease(lease: type[Lease], /) -> None: ...
 def configure(lease_type: type[Lease], untrack_task_death: Callable[[Lease], None], /) -> None: ...
 def bind_facades(
     lock: type[Any],

@@ -30,6 +30,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import itertools
+import math
 import os
 import select
 import socket
@@ -980,13 +981,19 @@ class RedisBackend(Backend):
             if thread:
                 pending = getattr(sock, "pending", None)
                 if not (pending and pending()):
-                    ready = select.select([sock, self._pipe[0]], [], [], t)[0]
-                    if self._pipe[0] in ready:
+                    # poll(), not select(): select() refuses descriptors >= 1024 (FD_SETSIZE), which
+                    # a process with many open files reaches. An error or hang-up counts as readable:
+                    # recv() then reports it.
+                    poller = select.poll()
+                    poller.register(sock, select.POLLIN)
+                    poller.register(self._pipe[0], select.POLLIN)
+                    fired = {fd for fd, _ in poller.poll(math.ceil(t * 1000))}
+                    if self._pipe[0] in fired:
                         try:
                             os.read(self._pipe[0], 4096)
                         except OSError:
                             pass
-                    ready = [sock] if sock in ready else []
+                    ready = [sock] if sock.fileno() in fired else []
                 else:
                     ready = [sock]
                 data = None

@@ -11,6 +11,7 @@ import time
 import pytest
 
 import interlock
+from interlock.testing.servers import RedisServer
 
 
 def subscribers(server) -> list[str]:
@@ -62,10 +63,11 @@ def test_a_waiting_thread_is_woken_when_the_sockets_are_above_fd_setsize(redis_s
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_a_waiting_task_is_woken_when_the_sockets_are_above_fd_setsize(redis_server, prefix):
+def test_a_waiting_task_is_woken_when_the_sockets_are_above_fd_setsize(prefix):
     """Task waiters cannot read the subscription themselves: the backend's subscription thread reads it
     for them, waiting on the subscription socket and its wake-up pipe together. A reader that fails
-    there reconnects over and over (each time polling, so the waiter is still served, late)."""
+    there reconnects over and over (each time polling, so the waiter is still served, late). Its own
+    server: the session's has the subscribers of other tests' backends, which may reconnect."""
     import asyncio
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -75,7 +77,9 @@ def test_a_waiting_task_is_woken_when_the_sockets_are_above_fd_setsize(redis_ser
     if soft != resource.RLIM_INFINITY and soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
     fillers: list[int] = []
+    redis_server = RedisServer()
     try:
+        redis_server.start()
         while not fillers or fillers[-1] < 1100:
             fillers.append(os.open(os.devnull, os.O_RDONLY))
         lock = interlock.Lock("fds-task", url=f"{redis_server.url}?prefix={prefix}&ttl=60")
@@ -105,6 +109,7 @@ def test_a_waiting_task_is_woken_when_the_sockets_are_above_fd_setsize(redis_ser
         held, token, first = asyncio.run(main())
         assert held and token > first
     finally:
+        redis_server.stop()
         for fd in fillers:
             os.close(fd)
         if soft != resource.RLIM_INFINITY and soft < need:

@@ -159,6 +159,20 @@ static void write_hdr(char *h, int64_t cap, int64_t avail, uint64_t last, uint64
     st_u32(h + 32, nh); st_u32(h + 36, nw); st_u32(h + 40, flags); st_u32(h + 44, epoch);
 }
 
+/* The owner label argument: bytes, cut to the record's LABEL_LEN (borrowed pointer into `obj`). */
+static int get_label(PyObject *obj, const char **label, Py_ssize_t *len)
+{
+    if (!PyBytes_Check(obj)) {
+        PyErr_SetString(PyExc_TypeError, "label must be bytes");
+        return -1;
+    }
+    *label = PyBytes_AS_STRING(obj);
+    *len = PyBytes_GET_SIZE(obj);
+    if (*len > LABEL_LEN)
+        *len = LABEL_LEN;
+    return 0;
+}
+
 static int get_map(PyObject *obj, Py_buffer *view)
 {
     return PyObject_GetBuffer(obj, view, PyBUF_WRITABLE | PyBUF_SIMPLE);
@@ -185,14 +199,10 @@ static PyObject *ff_grant(PyObject *self, PyObject *const *args, Py_ssize_t narg
     double now = PyFloat_AsDouble(args[7]);
     if (PyErr_Occurred())
         return NULL;
-    if (!PyBytes_Check(args[6])) {
-        PyErr_SetString(PyExc_TypeError, "label must be bytes");
+    const char *label;
+    Py_ssize_t llen;
+    if (get_label(args[6], &label, &llen) < 0)
         return NULL;
-    }
-    const char *label = PyBytes_AS_STRING(args[6]);
-    Py_ssize_t llen = PyBytes_GET_SIZE(args[6]);
-    if (llen > LABEL_LEN)
-        llen = LABEL_LEN;
 
     Py_buffer view;
     if (get_map(args[0], &view) < 0)
@@ -496,14 +506,10 @@ static PyObject *ff_enqueue(PyObject *self, PyObject *const *args, Py_ssize_t na
     double now = PyFloat_AsDouble(args[7]);
     if (PyErr_Occurred())
         return NULL;
-    if (!PyBytes_Check(args[6])) {
-        PyErr_SetString(PyExc_TypeError, "label must be bytes");
+    const char *label;
+    Py_ssize_t llen;
+    if (get_label(args[6], &label, &llen) < 0)
         return NULL;
-    }
-    const char *label = PyBytes_AS_STRING(args[6]);
-    Py_ssize_t llen = PyBytes_GET_SIZE(args[6]);
-    if (llen > LABEL_LEN)
-        llen = LABEL_LEN;
     Py_buffer view;
     if (get_map(args[0], &view) < 0)
         return NULL;

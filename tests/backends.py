@@ -89,3 +89,22 @@ def memory_pure_backend(tmp_path_factory: Any) -> Iterator[str]:
 
 
 BACKENDS["memory-pure"] = memory_pure_backend
+
+
+# -- file:// on the pure-Python path (the C twin of its hot transitions, _fastfile, switched off) ------
+@contextlib.contextmanager
+def file_pure_backend(tmp_path_factory: Any) -> Iterator[str]:
+    # Channels read the switch when they are created, and each test creates its own (a fresh directory
+    # means a fresh backend): switching it for the test's duration covers every channel the test makes.
+    from interlock.backends.file import _channel
+
+    saved = _channel._native
+    _channel._native = None
+    try:
+        with file_backend(tmp_path_factory) as url:
+            yield url
+    finally:
+        _channel._native = saved
+
+
+BACKENDS["file-pure"] = file_pure_backend

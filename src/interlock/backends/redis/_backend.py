@@ -614,6 +614,9 @@ class RedisBackend(Backend):
         self._sub_pinged = 0.0
         self._sub_broken = False
         self._sub_evt = threading.Event()
+        # The subscriber thread's poll set (subscription socket + wake-up pipe), made again whenever
+        # the subscription socket changes: (socket, poll object).
+        self._sub_poll: tuple[Any, Any] | None = None
         for fd in getattr(self, "_pipe", ()):
             try:
                 os.close(fd)
@@ -984,10 +987,13 @@ class RedisBackend(Backend):
                     # poll(), not select(): select() refuses descriptors >= 1024 (FD_SETSIZE), which
                     # a process with many open files reaches. An error or hang-up counts as readable:
                     # recv() then reports it.
-                    poller = select.poll()
-                    poller.register(sock, select.POLLIN)
-                    poller.register(self._pipe[0], select.POLLIN)
-                    fired = {fd for fd, _ in poller.poll(math.ceil(t * 1000))}
+                    sp = self._sub_poll
+                    if sp is None or sp[0] is not sock:
+                        poller = select.poll()
+                        poller.register(sock, select.POLLIN)
+                        poller.register(self._pipe[0], select.POLLIN)
+                        sp = self._sub_poll = (sock, poller)
+                    fired = {fd for fd, _ in sp[1].poll(math.ceil(t * 1000))}
                     if self._pipe[0] in fired:
                         try:
                             os.read(self._pipe[0], 4096)

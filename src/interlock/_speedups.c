@@ -456,6 +456,11 @@ typedef struct {
     Py_ssize_t available;
     Py_ssize_t r_depth;    /* Channel._r_depth (RLock facades) */
     char prev_died;
+    /* Channel._owned, .bounded and (bounded only) .capacity, read once by the contended wait: none of
+       them changes after __init__ (a bounded channel's capacity is fixed: signal() and forget() refuse
+       to change it). cfg_loaded 0 until read. */
+    char cfg_loaded, cfg_owned, cfg_bounded;
+    Py_ssize_t cfg_capacity;
 } ChannelState;
 
 #define IS_NATIVE(ch) (Py_TYPE(ch)->tp_base == &ChannelState_Type || PyObject_TypeCheck((ch), &ChannelState_Type))
@@ -633,6 +638,9 @@ ChannelState_try_grant(ChannelState *self, PyObject *const *args, Py_ssize_t nar
     return try_grant(self, permits, args[0], args[1], args[2], args[3], fair);
 }
 
+static PyTypeObject *native_channel_type;  /* memory.py MemoryChannel (configure_handoff) */
+static int release_locked(ChannelState *self, PyObject *token, Py_ssize_t permits, int ab, PyObject **rec_out);
+
 /* twin: memory.py _MemoryChannelBase._release_py (the pure-Python release). The C code handles a whole
    release with nobody queued; every other case (waiters to wake, a partial release) goes to the Python
    method before anything was changed. permits_obj NULL means "the whole lease" (lease.permits, which
@@ -689,6 +697,13 @@ channel_release(ChannelState *self, PyObject *lease, PyObject *permits_obj, int 
                 handled = -1;
             }
         }
+    }
+    else if (self->holders != NULL && Py_IS_TYPE(self, native_channel_type)) {
+        /* Threads or tasks queue: the handoff, under this same hold of the mutex (what _release_py,
+           i.e. ChannelState._release_contended, would do after locking it again). */
+        handled = release_locked(self, token, permits, abandoned, &rec) < 0 ? -1 : 1;
+        thread_owned = rec != NULL && ThreadOwner_type != NULL
+                       && Py_IS_TYPE(PyTuple_GET_ITEM(rec, 0), ThreadOwner_type);
     }
     mutex_unlock(m);
     /* references are dropped only now, outside the mutex */
@@ -1051,8 +1066,13 @@ call_with_self(PyObject *func, PyObject *self, PyObject *const *args, Py_ssize_t
     return r;
 }
 
-/* Grant one uncontended request through a native channel, or take the Python slow path
-   (MemoryChannel.acquire, which re-checks and queues). Returns a new reference. */
+static PyObject *contended_acquire(ChannelState *self, Py_ssize_t permits, PyObject *permits_obj,
+                                   PyObject *owner, PyObject *site, PyObject *mode, int fair);
+
+/* Grant one uncontended request through a native channel, or take the slow path: the C blocking wait
+   of the contended handoff section for a MemoryChannel (no method lookup and argument parsing between
+   the failed grant and the queue), else MemoryChannel.acquire (which re-checks and queues). Returns a
+   new reference. */
 static PyObject *
 facade_grant(ChannelState *ch, Py_ssize_t permits, PyObject *permits_obj, PyObject *owner, PyObject *mode,
              PyObject *fair_obj)
@@ -1062,7 +1082,22 @@ facade_grant(ChannelState *ch, Py_ssize_t permits, PyObject *permits_obj, PyObje
     if (fair < 0 || (site = caller_code()) == NULL) {
         return NULL;
     }
-    lease = try_grant(ch, permits, permits_obj, owner, site, mode, fair);
+    /* Under contention the permits are taken or (fair) others queue: then skip the locked try. This
+       look holds the GIL, under which every change of the queue and the count is made, so it is exact
+       now; the locked sections below decide either way. */
+    if (ch->available < permits || (fair && queue_length(ch) != 0)) {
+        lease = Py_NewRef(Py_None);
+    }
+    else {
+        lease = try_grant(ch, permits, permits_obj, owner, site, mode, fair);
+    }
+    if (lease == Py_None && Py_IS_TYPE(ch, native_channel_type)) {
+        Py_DECREF(lease);
+        lease = contended_acquire(ch, permits, permits_obj, owner, site, mode, fair);
+        if (lease == NULL && !PyErr_Occurred()) {
+            lease = Py_NewRef(Py_None);  /* not a case of the C wait: the method below */
+        }
+    }
     if (lease == Py_None) {
         Py_DECREF(lease);
         PyObject *args[8] = {(PyObject *)ch, permits_obj, Py_None, Py_True, owner, site, mode, fair_obj};
@@ -2031,8 +2066,8 @@ static PyObject *allocate_lock_fn = NULL;       /* _thread.allocate_lock */
 static PyObject *waiting_obj = NULL, *granted_obj = NULL;  /* _core.waiter.WAITING / GRANTED */
 static Py_ssize_t off_w_lease, off_w_mode, off_w_owner, off_w_permits, off_w_since, off_w_site, off_w_state,
     off_w_lock, off_w_fut, off_w_loop;
-static PyObject *s_wake_granted, *s_withdraw, *s_popleft, *s_append, *s_owned, *s_bounded, *s_capacity,
-    *s_spare_lock, *s_done, *s_set_result;
+static PyObject *s_wake_granted, *s_withdraw, *s_popleft, *s_append, *s_appendleft, *s_owned, *s_bounded, *s_capacity,
+    *s_spare_waiter, *s_done, *s_set_result;
 
 /* a __slots__ member of a waiter (offsets checked by configure_handoff); borrowed, NULL if unset */
 #define WSLOT(w, off) (*(PyObject **)((char *)(w) + (off)))
@@ -2066,6 +2101,16 @@ waiter_kind(PyObject *w, PyObject **running_loop)
     return WSLOT(w, off_w_loop) == *running_loop && *running_loop != Py_None ? 2 : 0;
 }
 
+/* Wake the thread parked on a waiter's Mutex. A wake still pending (the lock already open, its thread
+   not yet back) is not repeated: a second release of the underlying lock would let two waits through. */
+static inline void
+waiter_lock_open(MutexObject *m)
+{
+    if (m->locked) {
+        mutex_unlock(m);
+    }
+}
+
 /* Wake a granted waiter of kind 1 or 2 (twins: ThreadWaiter.wake, TaskWaiter.wake on its own loop). */
 static int
 wake_waiter(PyObject *w, int kind)
@@ -2073,7 +2118,12 @@ wake_waiter(PyObject *w, int kind)
     PyObject *r;
     if (kind == 1) {
         /* its lock was taken when it was made and only this grant can free it */
-        r = PyObject_CallMethodNoArgs(WSLOT(w, off_w_lock), s_release);
+        PyObject *lock = WSLOT(w, off_w_lock);
+        if (Py_IS_TYPE(lock, &Mutex_Type)) {  /* made by new_thread_waiter: no method call */
+            waiter_lock_open((MutexObject *)lock);
+            return 0;
+        }
+        r = PyObject_CallMethodNoArgs(lock, s_release);
     }
     else {
         PyObject *fut = WSLOT(w, off_w_fut);
@@ -2135,6 +2185,33 @@ handoff_loop(ChannelState *self, PyObject **running_loop)
             Py_DECREF(w);
             return 1;
         }
+        PyObject *wl = kind == 1 ? WSLOT(w, off_w_lock) : NULL;
+        if (wl != NULL && Py_IS_TYPE(wl, &Mutex_Type)) {
+            /* A thread parked in contended_acquire. Its wake-up takes microseconds, so the wake comes
+               first and the grant is built meanwhile: the woken thread needs the GIL, which this
+               thread keeps until the grant is complete (state GRANTED last). If the GIL is lost in
+               between anyway (a finalizer run by an allocation), the woken thread finds the waiter
+               still WAITING and waits for this mutex, which is held until the grant is complete;
+               after a failed grant (MemoryError) it is back at the head, WAITING, and waits again. */
+            PyObject *popped = PyObject_CallMethodNoArgs(self->waiters, s_popleft);  /* cannot fail: n > 0 */
+            Py_XDECREF(popped);
+            waiter_lock_open((MutexObject *)wl);
+            PyObject *lease = grant_locked(self, permits, permits_obj, owner, site, mode);
+            if (lease == NULL) {
+                PyObject *et, *ev, *tb;
+                PyErr_Fetch(&et, &ev, &tb);
+                PyObject *r = PyObject_CallMethodOneArg(self->waiters, s_appendleft, w);
+                Py_XDECREF(r);
+                PyErr_Clear();
+                PyErr_Restore(et, ev, tb);
+                Py_DECREF(w);
+                return -1;
+            }
+            wslot_set(w, off_w_lease, lease);
+            wslot_set(w, off_w_state, Py_NewRef(granted_obj));
+            Py_DECREF(w);
+            continue;
+        }
         PyObject *lease = grant_locked(self, permits, permits_obj, owner, site, mode);
         if (lease == NULL) {
             Py_DECREF(w);
@@ -2155,13 +2232,65 @@ handoff_loop(ChannelState *self, PyObject **running_loop)
     }
 }
 
+/* twin: _MemoryChannelBase.release, under the mutex (the caller holds it). Return `permits` (at most
+   what is held) of the grant `token` and hand them to the head waiter(s). *rec_out gets the removed
+   holder record (NULL if it was not held any more): the caller drops it only after unlocking.
+   Returns 0, or -1 with an exception. */
+static int
+release_locked(ChannelState *self, PyObject *token, Py_ssize_t permits, int ab, PyObject **rec_out)
+{
+    Py_ssize_t held;
+    int err;
+    PyObject *rec = PyDict_GetItemWithError(self->holders, token);  /* borrowed */
+    *rec_out = NULL;
+    if (rec == NULL) {
+        return PyErr_Occurred() ? -1 : 0;  /* not held (any more): nothing to return */
+    }
+    if (!PyTuple_CheckExact(rec) || PyTuple_GET_SIZE(rec) != 4
+        || (held = PyLong_AsSsize_t(PyTuple_GET_ITEM(rec, 1))) < 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError, "corrupt holder record");
+        }
+        return -1;
+    }
+    *rec_out = Py_NewRef(rec);
+    if (permits < held) {  /* partial release: keep the rest */
+        PyObject *rest = PyLong_FromSsize_t(held - permits), *nrec = NULL;
+        if (rest != NULL) {
+            nrec = PyTuple_Pack(4, PyTuple_GET_ITEM(rec, 0), rest, PyTuple_GET_ITEM(rec, 2),
+                                PyTuple_GET_ITEM(rec, 3));
+            Py_DECREF(rest);
+        }
+        err = nrec == NULL ? -1 : PyDict_SetItem(self->holders, token, nrec);
+        Py_XDECREF(nrec);
+        held = permits;
+    }
+    else {
+        err = PyDict_DelItem(self->holders, token);
+    }
+    if (err < 0) {
+        return -1;
+    }
+    self->available += held;
+    if (ab) {
+        self->prev_died = 1;
+    }
+    int h = handoff_locked(self);
+    if (h == 1) {
+        PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self, s_wake_granted);
+        h = r == NULL ? -1 : 0;
+        Py_XDECREF(r);
+    }
+    return h;
+}
+
 /* twin: _MemoryChannelBase.release. Return `permits` of `lease` and hand them to the head waiter(s). */
 static PyObject *
 ChannelState_release_contended(ChannelState *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
 {
-    Py_ssize_t permits, held, nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t permits, nargs = PyVectorcall_NARGS(nargsf);
     Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    int ab = 0, err = 0;
+    int ab = 0, err;
     PyObject *lease, *token, *rec, *cb;
     if (nargs < 2 || nargs + nkw > 3
         || (nkw == 1 && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "abandoned") != 0)) {
@@ -2187,47 +2316,7 @@ ChannelState_release_contended(ChannelState *self, PyObject *const *args, Py_ssi
         Py_DECREF(token);
         return NULL;
     }
-    rec = PyDict_GetItemWithError(self->holders, token);  /* borrowed */
-    if (rec == NULL) {
-        err = PyErr_Occurred() ? -1 : 0;  /* not held (any more): nothing to return */
-    }
-    else if (!PyTuple_CheckExact(rec) || PyTuple_GET_SIZE(rec) != 4
-             || (held = PyLong_AsSsize_t(PyTuple_GET_ITEM(rec, 1))) < 0) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_RuntimeError, "corrupt holder record");
-        }
-        err = -1;
-    }
-    else {
-        Py_INCREF(rec);
-        if (permits < held) {  /* partial release: keep the rest */
-            PyObject *rest = PyLong_FromSsize_t(held - permits), *nrec = NULL;
-            if (rest != NULL) {
-                nrec = PyTuple_Pack(4, PyTuple_GET_ITEM(rec, 0), rest, PyTuple_GET_ITEM(rec, 2),
-                                    PyTuple_GET_ITEM(rec, 3));
-                Py_DECREF(rest);
-            }
-            err = nrec == NULL ? -1 : PyDict_SetItem(self->holders, token, nrec);
-            Py_XDECREF(nrec);
-            held = permits;
-        }
-        else {
-            err = PyDict_DelItem(self->holders, token);
-        }
-        if (err == 0) {
-            self->available += held;
-            if (ab) {
-                self->prev_died = 1;
-            }
-            int h = handoff_locked(self);
-            if (h == 1) {
-                PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self, s_wake_granted);
-                h = r == NULL ? -1 : 0;
-                Py_XDECREF(r);
-            }
-            err = h;
-        }
-    }
+    err = release_locked(self, token, permits, ab, &rec);
     mutex_unlock(m);
     /* references are dropped only now, outside the mutex */
     Py_XDECREF(rec);
@@ -2242,50 +2331,45 @@ ChannelState_release_contended(ChannelState *self, PyObject *const *args, Py_ssi
     Py_RETURN_NONE;
 }
 
-/* A ThreadWaiter made without its Python __init__ (same fields: Waiter.__init__, ThreadWaiter.__init__). */
-/* The thread's spare waiter lock, if it has one (a new reference, taken from the thread's state dict), or
-   a new lock; either way locked. A lock goes back to its thread only after a wait that it ended (see
-   ChannelState_acquire_contended): it is locked again then, and nothing else will ever release it. */
-static PyObject *
-take_waiter_lock(void)
-{
-    PyObject *tdict = PyThreadState_GetDict();  /* borrowed */
-    PyObject *lock, *r;
-    if (tdict != NULL && (lock = PyDict_GetItemWithError(tdict, s_spare_lock)) != NULL) {
-        Py_INCREF(lock);
-        if (PyDict_DelItem(tdict, s_spare_lock) < 0) {
-            Py_DECREF(lock);
-            return NULL;
-        }
-        return lock;
-    }
-    if (PyErr_Occurred() || (lock = PyObject_CallNoArgs(allocate_lock_fn)) == NULL) {
-        return NULL;
-    }
-    if ((r = PyObject_CallMethodNoArgs(lock, s_acquire)) == NULL) {  /* a fresh lock: never blocks */
-        Py_DECREF(lock);
-        return NULL;
-    }
-    Py_DECREF(r);
-    return lock;
-}
-
+/* A ThreadWaiter made without its Python __init__ (same fields: Waiter.__init__, ThreadWaiter.__init__).
+   Each thread keeps the waiter of its last wait that ended normally (its lock locked again, its lease
+   cleared) in its thread state dict and reuses it for the next wait when nothing else refers to it any
+   more (the queue dropped it when it was granted): no allocation, no new lock on a contended acquire. */
 static PyObject *
 new_thread_waiter(PyObject *permits_obj, PyObject *owner, PyObject *site, PyObject *mode)
 {
     PyObject *w, *lock, *since;
-    if ((lock = take_waiter_lock()) == NULL) {
-        return NULL;
-    }
+    PyObject *tdict = PyThreadState_GetDict();  /* borrowed */
     if ((since = PyFloat_FromDouble(monotonic_seconds())) == NULL) {
-        Py_DECREF(lock);
         return NULL;
     }
-    w = ThreadWaiter_type->tp_new(ThreadWaiter_type, empty_tuple, NULL);
-    if (w == NULL) {
-        Py_DECREF(since);
-        Py_DECREF(lock);
-        return NULL;
+    w = tdict == NULL ? NULL : PyDict_GetItemWithError(tdict, s_spare_waiter);  /* borrowed */
+    if (w != NULL && Py_IS_TYPE(w, ThreadWaiter_type) && Py_REFCNT(w) == 1 && WSLOT(w, off_w_lock) != NULL) {
+        Py_INCREF(w);  /* only the dict refers to it: it stays there, unseen by anyone else */
+    }
+    else {
+        if (w == NULL && PyErr_Occurred()) {
+            Py_DECREF(since);
+            return NULL;
+        }
+        /* The waiter's lock is a Mutex (it has the release() that ThreadWaiter.wake calls), which the
+           wait below and wake_waiter use without method calls. Only a grant unlocks it. */
+        if ((lock = Mutex_new(&Mutex_Type, NULL, NULL)) == NULL) {
+            Py_DECREF(since);
+            return NULL;
+        }
+        if (mutex_lock((MutexObject *)lock) < 0) {  /* a fresh lock: never blocks */
+            Py_DECREF(lock);
+            Py_DECREF(since);
+            return NULL;
+        }
+        w = ThreadWaiter_type->tp_new(ThreadWaiter_type, empty_tuple, NULL);
+        if (w == NULL) {
+            Py_DECREF(since);
+            Py_DECREF(lock);
+            return NULL;
+        }
+        wslot_set(w, off_w_lock, lock);
     }
     wslot_set(w, off_w_permits, Py_NewRef(permits_obj));
     wslot_set(w, off_w_owner, Py_NewRef(owner));
@@ -2294,40 +2378,65 @@ new_thread_waiter(PyObject *permits_obj, PyObject *owner, PyObject *site, PyObje
     wslot_set(w, off_w_state, Py_NewRef(waiting_obj));
     wslot_set(w, off_w_lease, Py_NewRef(Py_None));
     wslot_set(w, off_w_since, since);
-    wslot_set(w, off_w_lock, lock);
     return w;
+}
+
+/* The channel settings the contended wait reads (see ChannelState.cfg_*): 0, or -1 with an exception. */
+static int
+load_config(ChannelState *self)
+{
+    PyObject *v;
+    int owned, bounded;
+    Py_ssize_t capacity = 0;
+    if ((v = PyObject_GetAttr((PyObject *)self, s_owned)) == NULL) {
+        return -1;
+    }
+    owned = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    if (owned < 0 || (v = PyObject_GetAttr((PyObject *)self, s_bounded)) == NULL) {
+        return -1;
+    }
+    bounded = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    if (bounded < 0) {
+        return -1;
+    }
+    if (bounded) {
+        if ((v = PyObject_GetAttr((PyObject *)self, s_capacity)) == NULL) {
+            return -1;
+        }
+        capacity = PyLong_AsSsize_t(v);
+        Py_DECREF(v);
+        if (capacity == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+    }
+    self->cfg_owned = (char)owned;
+    self->cfg_bounded = (char)bounded;
+    self->cfg_capacity = capacity;
+    self->cfg_loaded = 1;
+    return 0;
 }
 
 /* twin: _MemoryChannelBase.acquire followed by _wait_thread, for acquire(permits, None, True, owner,
    site, mode, fair) on a semaphore (not owned: no wait-for graph) from a thread without a running event
-   loop. Every other call goes to the Python method. */
+   loop. Returns a new Lease, NULL with an exception, or NULL WITHOUT an exception: not a case of this
+   wait, the caller runs the Python method (which re-checks everything). */
 static PyObject *
-ChannelState_acquire_contended(ChannelState *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+contended_acquire(ChannelState *self, Py_ssize_t permits, PyObject *permits_obj, PyObject *owner,
+                  PyObject *site, PyObject *mode, int fair)
 {
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), permits, capacity;
     PyObject *w = NULL, *lease, *v, *r;
-    int fair, owned, bounded;
-    if (nargs != 7 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) || args[1] != Py_None
-        || args[2] != Py_True || get_running_loop_fn == NULL || self->waiters == NULL) {
-        goto python;
-    }
-    PyObject *permits_obj = args[0], *owner = args[3], *site = args[4], *mode = args[5];
-    if (!PyLong_CheckExact(permits_obj) || (permits = PyLong_AsSsize_t(permits_obj)) < 1
-        || (fair = PyObject_IsTrue(args[6])) < 0) {
-        PyErr_Clear();
-        goto python;
-    }
-    /* Owned primitives track their waits in the wait-for graph: the Python method. */
-    if ((v = PyObject_GetAttr((PyObject *)self, s_owned)) == NULL) {
+    if (get_running_loop_fn == NULL || self->waiters == NULL || permits < 1) {
         return NULL;
     }
-    owned = PyObject_IsTrue(v);
-    Py_DECREF(v);
-    if (owned < 0) {
+    if (!self->cfg_loaded && load_config(self) < 0) {
         return NULL;
     }
-    if (owned) {
-        goto python;
+    /* Owned primitives track their waits in the wait-for graph; a request above a bounded capacity
+       raises InvalidArgument: both in the Python method. */
+    if (self->cfg_owned || (self->cfg_bounded && permits > self->cfg_capacity)) {
+        return NULL;
     }
     /* The Python method starts with a _try_grant. Under contention the permits are taken or others
        queue, so it is tried only when this (unlocked, GIL-protected) look says it could succeed; the
@@ -2339,27 +2448,14 @@ ChannelState_acquire_contended(ChannelState *self, PyObject *const *args, Py_ssi
         }
         Py_DECREF(lease);
     }
-    /* The checks of _check_wait / acquire that send the call to the Python method (which raises). */
-    if ((v = PyObject_GetAttr((PyObject *)self, s_bounded)) == NULL) {
-        return NULL;
-    }
-    bounded = PyObject_IsTrue(v);
-    Py_DECREF(v);
-    if ((v = PyObject_GetAttr((PyObject *)self, s_capacity)) == NULL) {
-        return NULL;
-    }
-    capacity = PyLong_AsSsize_t(v);
-    Py_DECREF(v);
-    if (bounded < 0 || (capacity == -1 && PyErr_Occurred())) {
-        return NULL;
-    }
+    /* A thread running an event loop must not block it: the Python method raises BlockingCallInEventLoop. */
     if ((v = PyObject_CallNoArgs(get_running_loop_fn)) == NULL) {
         return NULL;
     }
     int loop_running = v != Py_None;
     Py_DECREF(v);
-    if (loop_running || (bounded && permits > capacity)) {
-        goto python;
+    if (loop_running) {
+        return NULL;
     }
     if ((w = new_thread_waiter(permits_obj, owner, site, mode)) == NULL) {
         return NULL;
@@ -2388,12 +2484,47 @@ ChannelState_acquire_contended(ChannelState *self, PyObject *const *args, Py_ssi
     }
     /* Queued. Block on the waiter's lock (the GIL is dropped inside): only the handoff releases it,
        after it set state = GRANTED and stored the lease. */
-    r = PyObject_CallMethodNoArgs(WSLOT(w, off_w_lock), s_acquire);
+    PyObject *wl = WSLOT(w, off_w_lock);
+    if (Py_IS_TYPE(wl, &Mutex_Type)) {
+        /* handoff_loop wakes before it completes the grant (see there): a waiter still WAITING
+           waits for the granter's mutex, then looks again; still WAITING means the grant failed and
+           the waiter is queued again, so it waits for the next wake. */
+        for (;;) {
+            if (mutex_lock((MutexObject *)wl) < 0) {
+                r = NULL;
+                break;
+            }
+            if (WSLOT(w, off_w_state) == granted_obj) {
+                r = Py_NewRef(Py_True);
+                break;
+            }
+            if (mutex_lock(m) < 0) {
+                r = NULL;
+                break;
+            }
+            int again = WSLOT(w, off_w_state) == waiting_obj;
+            mutex_unlock(m);
+            if (!again) {
+                r = Py_NewRef(Py_True);  /* granted (or else: checked below) */
+                break;
+            }
+        }
+    }
+    else {
+        r = PyObject_CallMethodNoArgs(wl, s_acquire);
+    }
     if (r == NULL) {
         /* KeyboardInterrupt (or another exception from a signal handler) while blocked: as in
            _wait_thread, withdraw, or give back a grant that raced in, then let it propagate. */
         PyObject *et, *ev, *tb;
         PyErr_Fetch(&et, &ev, &tb);
+        /* A grant may have raced in and unlocked the waiter's lock: never reuse this waiter. */
+        PyObject *tdict = PyThreadState_GetDict();  /* borrowed */
+        if (tdict != NULL && PyDict_GetItemWithError(tdict, s_spare_waiter) == w
+            && PyDict_DelItem(tdict, s_spare_waiter) < 0) {
+            PyErr_Clear();
+        }
+        PyErr_Clear();
         r = PyObject_CallMethodOneArg((PyObject *)self, s_withdraw, w);
         if (r == NULL) {
             PyErr_Clear();  /* the first exception wins, as in the Python `except: ...; raise` */
@@ -2412,14 +2543,35 @@ ChannelState_acquire_contended(ChannelState *self, PyObject *const *args, Py_ssi
     }
     Py_INCREF(lease);
     /* The grant released the lock once and this wait took it back: it is locked, and the waiter is
-       done with, so the thread can use the lock for its next wait. */
+       done with, so the thread keeps it for its next wait (new_thread_waiter), holding nothing alive. */
+    wslot_set(w, off_w_lease, Py_NewRef(Py_None));  /* moves the waiter's reference to us */
     PyObject *tdict = PyThreadState_GetDict();  /* borrowed */
-    if (tdict != NULL && PyDict_SetItem(tdict, s_spare_lock, WSLOT(w, off_w_lock)) < 0) {
+    if (tdict != NULL && PyDict_SetItem(tdict, s_spare_waiter, w) < 0) {
         PyErr_Clear();  /* only a cache */
     }
     Py_DECREF(w);
     return lease;
-python:
+}
+
+/* ChannelState._acquire_contended: the method form of contended_acquire (MemoryChannel.acquire), for
+   acquire(permits, None, True, owner, site, mode, fair); every other call goes to the Python method. */
+static PyObject *
+ChannelState_acquire_contended(ChannelState *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), permits;
+    int fair;
+    if (nargs == 7 && (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0) && args[1] == Py_None
+        && args[2] == Py_True && PyLong_CheckExact(args[0])) {
+        if ((permits = PyLong_AsSsize_t(args[0])) < 1 || (fair = PyObject_IsTrue(args[6])) < 0) {
+            PyErr_Clear();
+        }
+        else {
+            PyObject *lease = contended_acquire(self, permits, args[0], args[3], args[4], args[5], fair);
+            if (lease != NULL || PyErr_Occurred()) {
+                return lease;
+            }
+        }
+    }
     return call_with_self(py_acquire_full, (PyObject *)self, args, nargs, kwnames);
 }
 
@@ -2438,9 +2590,13 @@ static PyMethodDef handoff_methods[] = {
 static PyObject *
 configure_handoff(PyObject *module, PyObject *args)
 {
-    PyObject *tw, *kw, *acq, *rel, *alloc, *waiting, *granted;
-    if (!PyArg_ParseTuple(args, "O!O!OOOOO:configure_handoff", &PyType_Type, &tw, &PyType_Type, &kw, &acq, &rel,
-                          &alloc, &waiting, &granted)) {
+    PyObject *tw, *kw, *acq, *rel, *alloc, *waiting, *granted, *chan = NULL;
+    if (!PyArg_ParseTuple(args, "O!O!OOOOO|O!:configure_handoff", &PyType_Type, &tw, &PyType_Type, &kw, &acq,
+                          &rel, &alloc, &waiting, &granted, &PyType_Type, &chan)) {
+        return NULL;
+    }
+    if (chan != NULL && !PyType_IsSubtype((PyTypeObject *)chan, &ChannelState_Type)) {
+        PyErr_SetString(PyExc_TypeError, "the channel class must derive from ChannelState");
         return NULL;
     }
     if ((off_w_fut = slot_offset(kw, "fut")) <= 0 || (off_w_loop = slot_offset(kw, "loop")) <= 0
@@ -2469,12 +2625,15 @@ configure_handoff(PyObject *module, PyObject *args)
     Py_XSETREF(allocate_lock_fn, Py_NewRef(alloc));
     Py_XSETREF(waiting_obj, Py_NewRef(waiting));
     Py_XSETREF(granted_obj, Py_NewRef(granted));
+    /* Channels of exactly this class (whose acquire and _release_py are this section's methods) are
+       served by direct C calls from the facades and from channel_release. */
+    Py_XSETREF(native_channel_type, (PyTypeObject *)Py_XNewRef(chan));
     Py_RETURN_NONE;
 }
 
 static PyMethodDef handoff_module_methods[] = {
     {"configure_handoff", configure_handoff, METH_VARARGS,
-     "configure_handoff(ThreadWaiter, TaskWaiter, acquire, release, allocate_lock, WAITING, GRANTED, /)\n--\n\n"
+     "configure_handoff(ThreadWaiter, TaskWaiter, acquire, release, allocate_lock, WAITING, GRANTED, channel_class=None, /)\n--\n\n"
      "Set what the contended handoff uses (the waiter class and the Python fallbacks)."},
     {NULL, NULL, 0, NULL},
 };
@@ -2490,10 +2649,11 @@ handoff_init(PyObject *module)
     INTERN_INT(s_withdraw, "_withdraw");
     INTERN_INT(s_popleft, "popleft");
     INTERN_INT(s_append, "append");
+    INTERN_INT(s_appendleft, "appendleft");
     INTERN_INT(s_owned, "_owned");
     INTERN_INT(s_bounded, "bounded");
     INTERN_INT(s_capacity, "capacity");
-    INTERN_INT(s_spare_lock, "interlock._speedups.spare_waiter_lock");
+    INTERN_INT(s_spare_waiter, "interlock._speedups.spare_waiter");
     INTERN_INT(s_done, "done");
     INTERN_INT(s_set_result, "set_result");
     for (PyMethodDef *d = handoff_methods; d->ml_name != NULL; d++) {

@@ -84,5 +84,6 @@ def configure_handoff(
     allocate_lock: Callable[[], Any],
     waiting: int,
     granted: int,
+    channel_class: type[Any] | None = None,
     /,
 ) -> None: ...

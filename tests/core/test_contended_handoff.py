@@ -258,3 +258,57 @@ def test_a_cancelled_task_granted_before_it_ran_passes_the_permit_on(impl: str) 
     assert got == ["b"]
     stats = sem.statistics()
     assert stats.available == 1 and not stats.holders and not stats.waiters
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_interrupted_waits_never_spoil_the_next_wait(impl: str) -> None:
+    """A thread keeps the waiter of its last wait for the next one (native). A wait ended by
+    KeyboardInterrupt, even one that a grant raced with, must not leave a waiter whose lock is open:
+    every later contended wait of the thread still blocks until it is granted, in queue order."""
+    import signal
+    import time
+
+    assert threading.current_thread() is threading.main_thread()
+    main = threading.main_thread().ident
+    assert main is not None
+    sem = interlock.Semaphore("kbi-reuse", 1, url=_url(impl))
+    interrupted = raced = 0
+    for i in range(60):
+        holder = sem.acquire()
+        race = i % 2 == 1  # odd rounds: a grant races with the interrupt
+
+        def interrupter(holder: Any = holder, race: bool = race) -> None:
+            wait_waiters(sem, 1)
+            # the signal first: the grant then lands while the woken thread waits for the GIL
+            signal.pthread_kill(main, signal.SIGINT)
+            if race:
+                holder.release()
+
+        t = threading.Thread(target=interrupter)
+        t.start()
+        try:
+            with sem:
+                raced += 1  # granted before the signal was handled: the interrupt comes after
+                time.sleep(0.01)
+        except KeyboardInterrupt:
+            interrupted += 1
+        t.join()
+        holder.release()
+        st = sem.statistics()
+        assert st.available == 1 and not st.holders and not st.waiters, st
+        # the next contended wait of this thread blocks until a release grants it
+        holder = sem.acquire()
+        got: list[int] = []
+
+        def releaser(holder: Any = holder, got: list[int] = got) -> None:
+            wait_waiters(sem, 1)
+            got.append(1)
+            holder.release()
+
+        t = threading.Thread(target=releaser)
+        t.start()
+        with sem as lease:
+            assert got == [1] and lease.held
+        t.join()
+    assert interrupted > 0
+    assert sem.statistics().available == 1

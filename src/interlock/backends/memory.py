@@ -452,7 +452,7 @@ class MemoryChannel(_NativeState, _MemoryChannelBase):
 if _native is not None:
     _native.configure(Lease, untrack_task_death)
     _native.configure_handoff(ThreadWaiter, TaskWaiter, _MemoryChannelBase.acquire, _MemoryChannelBase.release,
-                              _thread.allocate_lock, WAITING, GRANTED)
+                              _thread.allocate_lock, WAITING, GRANTED, MemoryChannel)
 
 
 def accelerated() -> bool:

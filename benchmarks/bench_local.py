@@ -6,7 +6,9 @@ Measures, each as the best of several repetitions:
   * uncontended acquire+release pairs from a thread (Lock, Semaphore) and from a task (Semaphore),
     in both the explicit form (interlock: ``acquire().release()`` on the Lease) and the ``with`` form;
   * contended throughput: 8 threads (and 100 asyncio tasks) sharing 2 permits, each yielding inside its
-    critical section, for a fixed wall time; per-worker fairness as max/min acquisitions. For context,
+    critical section, for a fixed wall time (the 8-thread case in 5 alternated rounds, threading then
+    interlock, reporting each round's ratio and their median); per-worker fairness as max/min
+    acquisitions. For context,
     the same 8 threads with two other critical sections: 20 us of work that keeps the GIL, and a
     200 us blocking sleep.
 Prints ns per pair, acquisitions per second and the ratios interlock / stdlib. interlock runs on the
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import platform
+import statistics
 import sys
 import threading
 import time
@@ -197,6 +200,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     args = ap.parse_args()
     number, repeat, secs = (20_000, 3, 0.5) if args.quick else (200_000, 7, 3.0)
+    rounds = 1 if args.quick else 5
 
     print(f"# interlock {interlock.__version__} vs stdlib, Python {platform.python_version()} "
           f"on {platform.machine()} ({sys.platform}); memory:// native accelerator: "
@@ -226,18 +230,26 @@ def main() -> None:
           f"async with {ratio('interlock.Semaphore async with, pure Python', 'asyncio.Semaphore async with')}, "
           f"Lock with {ratio('interlock.Lock with, pure Python', 'threading.Lock with')}")
 
-    print(f"\n## Contended: 8 threads share 2 permits, sleep(0) inside, {secs}s each")
-    rows = []
-    for label, make in [
-        ("threading.Semaphore", lambda: threading.Semaphore(2)),
-        ("interlock.Semaphore (fair)", lambda: interlock.Semaphore("c-thr", 2, url="memory://bench-c")),
-    ]:
-        tput, counts = contended_threads(make, 8, secs)
-        rows.append((label, tput, counts))
-        print(f"  {label:28s} {tput:10.0f} acq/s   per-worker max/min {spread(counts):8.2f}  "
-              f"(min {min(counts)}, max {max(counts)})")
-    print(f"  throughput ratio interlock/threading: {rows[1][1] / rows[0][1]:.2f}x (target >= 1.0x); "
-          f"fairness max/min: {spread(rows[1][2]):.2f} (target <= 1.1)")
+    # The issue-2 case. Its ratio moves by several percent from one second to the next on a shared VM
+    # (threading.Semaphore alone drifts by 10%), so it is measured in alternated rounds (threading, then
+    # interlock, `rounds` times) and the ratio of each round is reported with their median.
+    print(f"\n## Contended: 8 threads share 2 permits, sleep(0) inside, {rounds} alternated rounds of {secs}s")
+    ratios, worst_spread = [], 0.0
+    for rnd in range(rounds):
+        rows = []
+        for label, make in [
+            ("threading.Semaphore", lambda: threading.Semaphore(2)),
+            ("interlock.Semaphore (fair)", lambda: interlock.Semaphore("c-thr", 2, url="memory://bench-c")),
+        ]:
+            tput, counts = contended_threads(make, 8, secs)
+            rows.append((label, tput, counts))
+            print(f"  round {rnd + 1}: {label:28s} {tput:10.0f} acq/s   per-worker max/min "
+                  f"{spread(counts):8.2f}  (min {min(counts)}, max {max(counts)})")
+        ratios.append(rows[1][1] / rows[0][1])
+        worst_spread = max(worst_spread, spread(rows[1][2]))
+    print(f"  throughput ratio interlock/threading per round: {', '.join(f'{r:.2f}' for r in ratios)}; "
+          f"median {statistics.median(ratios):.2f}x (target >= 1.0x); "
+          f"fairness max/min, worst round: {worst_spread:.2f} (target <= 1.1)")
 
     # Two more critical sections, for context (no target): work that keeps the GIL, and a short
     # blocking call. Fair FIFO holds among queued threads; a thread that finds nobody queued takes a

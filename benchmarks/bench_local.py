@@ -191,6 +191,13 @@ def contended_tasks(make: Callable[[], Any], workers: int, seconds: float) -> tu
     return asyncio.run(main())
 
 
+# the two semaphores of the contended thread cases, 2 permits each: the peer first, then interlock
+THREAD_PEERS: list[tuple[str, Callable[[], Any]]] = [
+    ("threading.Semaphore", lambda: threading.Semaphore(2)),
+    ("interlock.Semaphore (fair)", lambda: interlock.Semaphore("c-thr", 2, url="memory://bench-c")),
+]
+
+
 def spread(counts: list[int]) -> float:
     return max(counts) / max(1, min(counts))
 
@@ -237,10 +244,7 @@ def main() -> None:
     ratios, worst_spread = [], 0.0
     for rnd in range(rounds):
         rows = []
-        for label, make in [
-            ("threading.Semaphore", lambda: threading.Semaphore(2)),
-            ("interlock.Semaphore (fair)", lambda: interlock.Semaphore("c-thr", 2, url="memory://bench-c")),
-        ]:
+        for label, make in THREAD_PEERS:
             tput, counts = contended_threads(make, 8, secs)
             rows.append((label, tput, counts))
             print(f"  round {rnd + 1}: {label:28s} {tput:10.0f} acq/s   per-worker max/min "
@@ -258,10 +262,7 @@ def main() -> None:
                         ("a 200 us blocking sleep inside (no GIL)", blocking_io(200.0))]:
         print(f"\n## Contended: 8 threads share 2 permits, {title}, {secs}s each")
         extra = []
-        for label, make in [
-            ("threading.Semaphore", lambda: threading.Semaphore(2)),
-            ("interlock.Semaphore (fair)", lambda: interlock.Semaphore("c-thr", 2, url="memory://bench-c")),
-        ]:
+        for label, make in THREAD_PEERS:
             tput, counts = contended_threads(make, 8, secs, body)
             extra.append(tput)
             print(f"  {label:28s} {tput:10.0f} acq/s   per-worker max/min {spread(counts):8.2f}")

@@ -1865,12 +1865,35 @@ lock_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
    here (lease_release); every other case (lost, released, other backends) runs the Python method. */
 static PyObject *py_lease_release, *py_lease_exit, *py_lease_enter;
 
+/* A HELD lease of another backend (file://, redis://): the HELD branch of the Python Lease.release,
+   `self._state = RELEASED; self._channel.release(self, self.permits)`, without its frame (on file:// every
+   line before the wake-up post of a handoff is handoff latency). */
+static PyObject *
+lease_release_other(LeaseObject *l)
+{
+    PyObject *ch = l->channel, *permits = l->permits;
+    if (permits == NULL) {
+        return PyObject_CallOneArg(py_lease_release, (PyObject *)l);
+    }
+    Py_INCREF(ch);
+    Py_INCREF(permits);
+    l->state = LEASE_RELEASED;
+    PyObject *args[3] = {ch, (PyObject *)l, permits};
+    PyObject *r = PyObject_VectorcallMethod(s_release, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(permits);
+    Py_DECREF(ch);
+    return r;
+}
+
 static PyObject *
 lease_release_method(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
     LeaseObject *l = (LeaseObject *)self;
-    if (l->state != LEASE_HELD || l->channel == NULL || !IS_NATIVE(l->channel)) {
+    if (l->state != LEASE_HELD || l->channel == NULL) {
         return PyObject_CallOneArg(py_lease_release, self);
+    }
+    if (!IS_NATIVE(l->channel)) {
+        return lease_release_other(l);
     }
     return lease_release(self, l->channel);
 }
@@ -1879,8 +1902,11 @@ static PyObject *
 lease_exit_method(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     LeaseObject *l = (LeaseObject *)self;
-    if (nargs != 3 || l->state != LEASE_HELD || l->channel == NULL || !IS_NATIVE(l->channel)) {
+    if (nargs != 3 || l->state != LEASE_HELD || l->channel == NULL) {
         return call_with_self(py_lease_exit, self, args, nargs, NULL);
+    }
+    if (!IS_NATIVE(l->channel)) {
+        return lease_release_other(l);
     }
     return lease_release(self, l->channel);
 }

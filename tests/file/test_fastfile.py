@@ -335,3 +335,249 @@ def test_accelerated_reports_the_twin_in_use(monkeypatch: pytest.MonkeyPatch) ->
     assert accelerated()  # (this module is skipped where the C twin is not built)
     monkeypatch.setattr(_channel, "_native", None)
     assert not accelerated()
+
+
+# -- head-of-queue pokes and spinning (see "spinning" in _fastfile.c) ---------------------------------
+
+BOX_POKE, BOX_SPINS = 25, 26
+
+
+@pytest.fixture
+def spin() -> Iterator[Any]:
+    """The C twin's spin settings, restored afterwards (they are process-wide)."""
+    before = ff.configure_spin(50.0)
+    yield ff
+    ff.configure_spin(before)
+
+
+def _sem(tag: str) -> Any:
+    import _multiprocessing
+
+    return _multiprocessing.SemLock(1, 0, 1 << 30, f"/interlock-test-{os.getpid()}-{tag}", True)
+
+
+def test_bad_spin_settings_are_refused(spin: Any) -> None:
+    for bad in (-1.0, 1e7, float("nan")):
+        with pytest.raises(ValueError, match="between 0 and 1000000"):
+            ff.configure_spin(bad)
+    assert ff.configure_spin(70.0) == 50.0 and ff.configure_spin(50.0) == 70.0
+
+
+def test_interlock_file_spin_us_is_checked_before_any_io(
+    spin: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from interlock import InvalidArgument
+    from interlock.backends.file import FileBackend
+
+    for bad in ("fast", "-5", "1e9"):
+        monkeypatch.setenv("INTERLOCK_FILE_SPIN_US", bad)
+        with pytest.raises(InvalidArgument, match="INTERLOCK_FILE_SPIN_US"):
+            FileBackend("file://" + str(tmp_path / "never"))
+        assert not (tmp_path / "never").exists()
+    monkeypatch.setenv("INTERLOCK_FILE_SPIN_US", "120")
+    FileBackend("file://" + str(tmp_path / "d")).close()
+    assert ff.configure_spin(50.0) == 120.0
+
+
+def test_a_handoff_pokes_the_new_head_only_if_it_takes_pokes(pair: Pair, spin: Any) -> None:
+    """The release grants the head (posted through the cached sem_t address) and pokes the waiter behind
+    it, which became the head: BOX_POKE set and its semaphore posted, once. A new head whose slot does
+    not take pokes (BOX_SPINS clear: a pure-Python waiter) is left alone."""
+    t = pair.grant(5, True, P1)[0]
+    pair.enqueue(5, P2, 7, 0x80000003)
+    pair.enqueue(5, P3, 8, 0x80000004)
+    box = mmap.mmap(-1, 4096)
+    s3, s4, s5 = _sem("3"), _sem("4"), _sem("5")
+    posts = {(P2, 0x80000003): (box, 64, s3.release, s3.handle),
+             (P3, 0x80000004): (box, 96, s4.release, s4.handle),
+             (P1, 0x80000005): (box, 128, s5.release, s5.handle)}
+    box[96 + BOX_SPINS] = 1
+    sent = ff.spin_stats()[0]
+    r, _, wakes = pair.release(t, P1, 5, posts=posts)
+    assert r is True
+    assert GRANT.unpack(box[64:64 + GRANT.size]) == GRANT.unpack(wakes[0][2])
+    assert s3.acquire(False) and not s3.acquire(False), "the grant is posted once"
+    assert box[96 + BOX_POKE] == 1 and s4.acquire(False) and not s4.acquire(False)
+    assert box[96:96 + 8] == bytes(8), "a poke writes no grant"
+    assert ff.spin_stats()[0] == sent + 1
+    # P3 is the head now; P1 queues behind it in a slot that does not take pokes.
+    pair.enqueue(5, P1, 9, 0x80000005)
+    t2 = GRANT.unpack(box[64:64 + GRANT.size])[1]
+    r, _, _ = pair.release(t2, P2, 5, posts=posts)
+    assert r is True and s4.acquire(False)
+    assert box[128 + BOX_POKE] == 0 and not s5.acquire(False)
+    assert ff.spin_stats()[0] == sent + 1
+
+
+def _wait_args(sem: Any, box: mmap.mmap, off: int, wid: int, timeout: float | None) -> tuple[Any, ...]:
+    from interlock._lease import RELEASED, Lease
+
+    class W:
+        done = False
+        slot: object = None
+
+    w = W()
+    w.slot = slot = object()
+    lease = Lease.__new__(Lease)
+    lease._state = RELEASED
+    return (sem.handle, box, off, wid, timeout, w, lease, {}, object(), "permits", {wid: w}, [], slot, None, None)
+
+
+def _until(cond: Any, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + 10
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.001)
+
+
+def _in_thread(fn: Any, *args: Any) -> tuple[Any, list[Any]]:
+    import threading
+
+    out: list[Any] = []
+    t = threading.Thread(target=lambda: out.append(fn(*args)))
+    t.start()
+    return t, out
+
+
+def test_a_poked_waiter_takes_its_grant_while_spinning(spin: Any) -> None:
+    from interlock._lease import HELD
+
+    ff.configure_spin(1e6, False)  # (a fixed budget of 1 s: the grant below comes well within it)
+    sem, box = _sem("spin"), mmap.mmap(-1, 4096)
+    args = _wait_args(sem, box, 32, 7, None)
+    before = ff.spin_stats()
+    t, out = _in_thread(ff.wait, *args)
+    _until(lambda: box[32 + BOX_SPINS] == 1, "the waiter takes pokes")
+    box[32 + BOX_POKE] = 1
+    sem.release()
+    _until(lambda: ff.spin_stats()[1] == before[1] + 1, "the poke is taken")
+    box[32 + 8:32 + GRANT.size] = GRANT.pack(7, 100, 1, MODES["permits"])[8:]
+    box[32:32 + 8] = GRANT.pack(7, 100, 1, MODES["permits"])[:8]
+    sem.release()
+    t.join(10)
+    lease = args[6]
+    assert out == [lease] and lease._state == HELD and lease.token == 100
+    after = ff.spin_stats()
+    assert (after[2] - before[2], after[3] - before[3]) == (1, 0), "granted while spinning, never parked"
+    assert box[32 + BOX_POKE] == 0 and not sem.acquire(False), "every post taken"
+    lease._state = 1  # RELEASED (no channel behind it)
+
+
+def test_a_poked_waiter_whose_spin_runs_out_parks_and_is_still_woken(spin: Any) -> None:
+    ff.configure_spin(200.0, False)
+    sem, box = _sem("park"), mmap.mmap(-1, 4096)
+    args = _wait_args(sem, box, 64, 9, None)
+    before = ff.spin_stats()
+    t, out = _in_thread(ff.wait, *args)
+    _until(lambda: box[64 + BOX_SPINS] == 1, "the waiter takes pokes")
+    box[64 + BOX_POKE] = 1
+    sem.release()
+    _until(lambda: ff.spin_stats()[3] == before[3] + 1, "the spin runs out")
+    assert t.is_alive(), "parked again, not returned"
+    box[64:64 + GRANT.size] = GRANT.pack(9, 200, 1, MODES["permits"])
+    sem.release()
+    t.join(10)
+    assert out == [args[6]] and args[6].token == 200
+    args[6]._state = 1
+
+
+def test_a_poke_that_raced_with_the_grant_leaves_no_post_behind(spin: Any) -> None:
+    """Poked and granted before the wait ran: the grant is taken and the poke's post drained, so the
+    slot's next wait does not wake for nothing."""
+    sem, box = _sem("race"), mmap.mmap(-1, 4096)
+    args = _wait_args(sem, box, 96, 11, None)
+    box[96 + BOX_POKE] = 1
+    sem.release()
+    box[96:96 + GRANT.size] = GRANT.pack(11, 300, 1, MODES["permits"])
+    sem.release()
+    taken = ff.spin_stats()[1]
+    assert ff.wait(*args) is args[6] and args[6].token == 300
+    assert box[96 + BOX_POKE] == 0 and not sem.acquire(False)
+    assert ff.spin_stats()[1] == taken, "no spin: the grant was already there"
+    args[6]._state = 1
+
+
+def test_a_poked_waiter_never_spins_past_its_timeout(spin: Any) -> None:
+    import time
+
+    ff.configure_spin(1e6, False)  # 1 s budget, 50 ms timeout
+    sem, box = _sem("timeout"), mmap.mmap(-1, 4096)
+    args = _wait_args(sem, box, 128, 13, 0.05)
+    box[128 + BOX_POKE] = 1
+    sem.release()
+    t0 = time.monotonic()
+    assert ff.wait(*args) is False
+    assert time.monotonic() - t0 < 0.9, "the spin is bounded by the wait's timeout"
+    assert box[128 + BOX_POKE] == 0 and not args[5].done
+
+
+def test_after_long_head_waits_waiters_stop_taking_pokes_but_one_in_16(spin: Any) -> None:
+    """Adaptive budget: once the moving average of poke -> grant exceeds the maximum, waits stop asking
+    for pokes (which would wake a parked head for nothing), except one in 16 that keeps measuring."""
+    ff.configure_spin(50.0)
+    sem, box = _sem("adapt"), mmap.mmap(-1, 4096)
+    args = _wait_args(sem, box, 160, 15, None)
+    t, out = _in_thread(ff.wait, *args)
+    _until(lambda: box[160 + BOX_SPINS] == 1, "a fresh average takes pokes")
+    box[160 + BOX_POKE] = 1
+    sem.release()
+    _until(lambda: ff.spin_stats()[3] >= 1, "the short spin runs out")
+    import time
+
+    time.sleep(0.005)  # (a long hold: the head waits 5 ms more for its grant; only makes the average long)
+    box[160:160 + GRANT.size] = GRANT.pack(15, 400, 1, MODES["permits"])
+    sem.release()
+    t.join(10)
+    assert out == [args[6]]
+    args[6]._state = 1
+    assert ff.spin_stats()[4] > 50.0
+    takes = []
+    for _ in range(32):
+        assert ff.wait(*_wait_args(sem, box, 160, 16, 0.0)) is False
+        takes.append(box[160 + BOX_SPINS])
+    assert sum(takes) == 2, takes
+
+
+def test_a_pure_python_waiter_is_never_poked(tmp_path: Path, spin: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A C releaser and pure-Python waiters (another backend object: another process id) share a
+    semaphore. The pure waiters clear their slots' BOX_SPINS (here set beforehand, as a C waiter of
+    that slot would have left it), so no poke is ever sent to them; C waiters in the same scenario are."""
+    import threading
+
+    import interlock
+    from interlock.backends.file import FileBackend, _channel
+
+    url = "file://" + str(tmp_path / "mix")
+    native_b = FileBackend(url)
+    native = interlock.Semaphore("mix", 1, backend=native_b)
+    monkeypatch.setattr(_channel, "_native", None)
+    pure_b = FileBackend(url)
+    pure = interlock.Semaphore("mix", 1, backend=pure_b)
+    monkeypatch.undo()
+    pure_b.proc_id()
+    mbox = pure_b._proc.mbox  # type: ignore[union-attr]
+    ff.configure_spin(50.0, False)
+
+    def rounds(waiting: Any, spins_of: Any) -> int:
+        sent = ff.spin_stats()[0]
+        for _ in range(4):
+            held = native.acquire()
+            ts = [threading.Thread(target=lambda: waiting.acquire().release()) for _ in range(2)]
+            for t in ts:
+                t.start()
+            _until(lambda: len(native.statistics().waiters) == 2, "both threads queue")
+            _until(spins_of, "the waiters are asleep")
+            held.release()
+            for t in ts:
+                t.join(10)
+        return int(ff.spin_stats()[0] - sent)
+
+    for i in range(64):
+        mbox[i * 32 + BOX_SPINS] = 1
+    assert rounds(pure, lambda: sum(mbox[i * 32 + BOX_SPINS] for i in range(64)) == 62) == 0
+    native_mbox = native_b._proc.mbox  # type: ignore[union-attr]
+    assert rounds(native, lambda: sum(native_mbox[i * 32 + BOX_SPINS] for i in range(64)) >= 2) >= 1
+    native_b.close()
+    pure_b.close()

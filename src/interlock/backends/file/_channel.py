@@ -42,7 +42,7 @@ from ..._lease import RELEASED as _RELEASED
 from ..._lease import Lease
 from ..._spi import Channel, Statistics
 from ._paths import encode_name
-from ._proc import SemSlot
+from ._proc import BOX_SPINS, SemSlot
 from ._state import GRANT, MODES, PREV_DIED, REFRESH, StateFile, Wake, encode_label
 
 _flock = fcntl.flock
@@ -78,6 +78,24 @@ def _load_native() -> Any:
 
 
 _native = _load_native()  # read by each channel when it is created (tests switch it per backend)
+
+
+def spin_limit_from_env() -> float | None:
+    """``INTERLOCK_FILE_SPIN_US``: the most a waiter that became the head of its queue spins (yielding
+    the CPU) before it parks, in microseconds (0: never; default 50). See "spinning" in _fastfile.c."""
+    raw = os.environ.get("INTERLOCK_FILE_SPIN_US", "").strip()
+    if not raw:
+        return None
+    try:
+        us = float(raw)
+    except ValueError:
+        us = -1.0
+    if not 0 <= us <= 1_000_000:  # (also rejects nan)
+        raise InvalidArgument(
+            f"INTERLOCK_FILE_SPIN_US={raw!r} is not a number of microseconds between 0 and 1000000; set it "
+            "to e.g. 50 (the default), or 0 to never spin, or unset it"
+        )
+    return us
 
 
 def _label(owner: Any) -> bytes:
@@ -598,6 +616,9 @@ class FileChannel(Channel):
                 sem_acquire = ws.sem.acquire
                 mbox = ws.mbox
                 off = ws.off
+                # This waiter does not take the C twin's head-of-queue pokes (a poke would cost it a
+                # look at the state): tell releasers not to send them to this slot.
+                mbox[off + BOX_SPINS] = 0
                 while True:
                     if deadline is None:
                         got = sem_acquire()  # sleeps in the kernel (futex) until posted

@@ -11,6 +11,10 @@
  *   wait()     a blocked thread's futex wait and what follows it when the wake-up is its grant: the
  *              SemSlot loop in FileChannel._wait_thread (SemLock.acquire, the mailbox check, the Lease)
  *
+ * and one thing the Python twin does not do: a C release pokes the waiter that its handoff made the
+ * head of the queue, and a C waiter so poked waits for its grant awake for a few tens of microseconds
+ * (see "spinning" below). A hint only: the state and the mailbox protocol are the same in both twins.
+ *
  * Why: an uncontended pair and a handoff are each one short locked transition of the state file. In
  * Python such a transition is ~40 lines at ~0.1-1 us each (the releaser of a handoff runs right after a
  * sleep, from cold caches); here it is a few hundred instructions between two flock calls. Likewise a
@@ -52,6 +56,7 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <sched.h>
 #include <semaphore.h>
 #include <stdint.h>
 #include <string.h>
@@ -68,6 +73,15 @@
 #define GRANT_LEN 25
 #define PREV_DIED 0x80
 #define F_PREV_DIED 1u
+/* A mailbox slot (32 bytes, _proc.MBOX_SLOT): the grant (GRANT_LEN bytes: waiter id u64 | token u64 |
+ * permits i64 | mode u8), then two bytes of the head-of-queue hint (see "spinning" below):
+ *   BOX_POKE   set by a releaser whose handoff made this slot's waiter the head of its queue;
+ *              cleared by that waiter (an atomic exchange: each poke is taken once).
+ *   BOX_SPINS  set by a waiter in wait() (it takes pokes), cleared by the pure-Python waiter (it does
+ *              not: a poke would cost it a look at the state), read by releasers before they poke. */
+#define BOX_POKE 25
+#define BOX_SPINS 26
+#define BOX_LEN 32
 
 static double mono(void);
 
@@ -258,7 +272,36 @@ static PyObject *ff_grant(PyObject *self, PyObject *const *args, Py_ssize_t narg
 
 /* -- release -------------------------------------------------------------------------------------- */
 
-/* Deliver one grant through the Waker's cache of (mailbox, offset, bound sem_post), keyed by
+/* Post the semaphore of a Waker cache entry (mailbox, offset, bound SemLock.release, sem_t address):
+ * sem_post on the address, which the entry's bound method keeps alive (no Python call, no
+ * sem_getvalue: the releaser's lines before the post are handoff latency). glibc's sem_post makes no
+ * system call when nobody sleeps on the semaphore (a waiter spinning after a poke, see wait()).
+ * Returns 0, or -1 with an exception other than the ones Waker.wake ignores. */
+static int post(PyObject *t)
+{
+    if (PyTuple_GET_SIZE(t) >= 4) {
+        sem_t *sem = (sem_t *)PyLong_AsVoidPtr(PyTuple_GET_ITEM(t, 3));
+        if (sem != NULL) {
+            (void)sem_post(sem);  /* EOVERFLOW: posted to its maximum, nothing to do (as Waker.wake) */
+            return 0;
+        }
+        if (PyErr_Occurred())
+            return -1;
+    }
+    PyObject *res = PyObject_CallNoArgs(PyTuple_GET_ITEM(t, 2));
+    if (res == NULL) {
+        /* As Waker.wake: OSError, or ValueError (posted to its maximum), means nothing to do. */
+        if (PyErr_ExceptionMatches(PyExc_OSError) || PyErr_ExceptionMatches(PyExc_ValueError)) {
+            PyErr_Clear();
+            return 0;
+        }
+        return -1;
+    }
+    Py_DECREF(res);
+    return 0;
+}
+
+/* Deliver one grant through the Waker's cache of (mailbox, offset, bound sem_post, sem_t address), keyed by
  * (process, slot). Returns 1 delivered, 0 not in the cache, -1 error (an exception other than the ones
  * Waker.wake ignores); for 0 and -1 the caller hands the grant to Python, which delivers it. */
 static int deliver(PyObject *posts, uint64_t proc, uint32_t slot, const char payload[GRANT_LEN])
@@ -296,18 +339,84 @@ static int deliver(PyObject *posts, uint64_t proc, uint32_t slot, const char pay
     memcpy(&wid, payload, 8);
     __atomic_store_n((uint64_t *)box, wid, __ATOMIC_RELEASE);  /* offsets are multiples of 32 */
     PyBuffer_Release(&mb);
-    PyObject *res = PyObject_CallNoArgs(PyTuple_GET_ITEM(t, 2));
+    int r = post(t);
     Py_DECREF(t);
-    if (res == NULL) {
-        /* As Waker.wake: OSError, or ValueError (posted to its maximum), means nothing to do. */
-        if (PyErr_ExceptionMatches(PyExc_OSError) || PyErr_ExceptionMatches(PyExc_ValueError)) {
-            PyErr_Clear();
-            return 1;
-        }
+    return r < 0 ? -1 : 1;
+}
+
+/* -- spinning ------------------------------------------------------------------------------------
+ *
+ * A FIFO handoff puts one wake-up on the path of every contended grant: the releaser posts, and the
+ * grantee's CPU must leave idle (on a VM, a halted vCPU woken by an IPI) and schedule it; 10-20 us
+ * here, against ~1 us for an unfair semaphore whose releaser simply re-takes the permit. So the waiter
+ * that becomes the head of the queue is told (a "poke": BOX_POKE and a post, sent by the releaser after
+ * its handoff) and, being next, waits for its grant awake: it polls its semaphore with sem_trywait and
+ * yields the CPU between polls (sched_yield: any runnable task goes first, so a spinner never delays a
+ * holder), for at most a budget, then parks in the kernel as before. A grant that finds it awake costs
+ * the releaser no system call (glibc's sem_post skips the futex wake when nobody sleeps) and the
+ * grantee no wake-up.
+ *
+ * The budget adapts, per process: twice the recent time from a poke to its grant (a moving average)
+ * plus 20 us, at most spin_max (50 us by default); none while that average exceeds spin_max (long
+ * holds: spinning would rarely catch the grant). Waiters then stop taking pokes (BOX_SPINS), except
+ * one wait in 16 that keeps the average current, so long holds cost no extra wake-up either. A waiter
+ * blocked behind a long hold therefore spins at most spin_max once, then uses no CPU.
+ *
+ * Pokes are hints: a lost, late or stale one (the slot reused by a later wait) costs at most one
+ * spin, never a wrong grant. The grant itself still travels only through the mailbox and its id. */
+static double spin_max = 50e-6;    /* seconds (configure_spin(), INTERLOCK_FILE_SPIN_US); 0: never spin */
+static double spin_max_us = 50.0;  /* the same as given (returned by configure_spin() as it was given) */
+static double head_wait = 0.0;     /* moving average of poke -> grant (seconds), GIL-protected */
+static int spin_adaptive = 1;     /* 0 (tests): the budget is spin_max */
+static unsigned long long n_pokes_sent, n_pokes, n_spin_grants, n_spin_parks;  /* for tests and profiles */
+static unsigned n_waits;
+
+static double spin_budget(void)
+{
+    if (!spin_adaptive || spin_max <= 0.0)
+        return spin_max;
+    if (head_wait > spin_max)
+        return 0.0;
+    double b = 2.0 * head_wait + 20e-6;
+    return b < spin_max ? b : spin_max;
+}
+
+/* Tell waiter (proc, slot) that it is now the head of its queue. Skipped (0) when its slot is not in
+ * the Waker's cache or its waiter does not take pokes. -1 only with an unexpected exception. */
+static int poke(PyObject *posts, uint64_t proc, uint32_t slot)
+{
+    PyObject *key = Py_BuildValue("(KI)", (unsigned long long)proc, (unsigned)slot);
+    if (key == NULL)
+        return -1;
+    PyObject *t = PyDict_GetItemWithError(posts, key);  /* borrowed */
+    Py_DECREF(key);
+    if (t == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) < 4)
+        return 0;
+    Py_INCREF(t);
+    Py_ssize_t off = PyLong_AsSsize_t(PyTuple_GET_ITEM(t, 1));
+    Py_buffer mb;
+    if ((off < 0 && PyErr_Occurred()) || get_map(PyTuple_GET_ITEM(t, 0), &mb) < 0) {
+        Py_DECREF(t);
         return -1;
     }
-    Py_DECREF(res);
-    return 1;
+    int r = 0;
+    if (off >= 0 && off + BOX_LEN <= mb.len) {
+        unsigned char *box = (unsigned char *)mb.buf + off;
+        if (__atomic_load_n(box + BOX_SPINS, __ATOMIC_RELAXED)) {
+            __atomic_store_n(box + BOX_POKE, (unsigned char)1, __ATOMIC_RELEASE);
+            r = 1;
+        }
+    }
+    PyBuffer_Release(&mb);
+    if (r == 1) {
+        n_pokes_sent++;
+        if (post(t) < 0)
+            r = -1;
+    }
+    Py_DECREF(t);
+    return r;
 }
 
 PyDoc_STRVAR(release_doc,
@@ -445,6 +554,10 @@ static PyObject *ff_release(PyObject *self, PyObject *const *args, Py_ssize_t na
         memmove(pos, w0 + (uint64_t)k * REC, (uint64_t)(s.nw - k) * REC);
     write_hdr(m + s.dst, s.cap, avail, last, s.ticket, s.nh - 1 + k, s.nw - k, flags, s.epoch);
     commit(m, s.sel);  /* from here on the grants exist */
+    /* The new head of the queue, to poke once the grants are delivered (see "spinning"). */
+    int poke_head = k > 0 && k < s.nw && spin_max > 0.0;
+    uint64_t head_proc = poke_head ? ld_u64(w0 + (uint64_t)k * REC + 8) : 0;
+    uint32_t head_slot = poke_head ? ld_u32(w0 + (uint64_t)k * REC + 40) : 0;
     PyBuffer_Release(&view);
 
     PyObject *left = NULL;
@@ -474,8 +587,11 @@ static PyObject *ff_release(PyObject *self, PyObject *const *args, Py_ssize_t na
     if (g != small)
         PyMem_Free(g);
     if (left != NULL)
-        return left;  /* lock held: the caller delivers these, then unlocks */
+        return left;  /* lock held: the caller delivers these, then unlocks (no poke: a hint) */
     unlock(fd);
+    /* After the unlock: a poke is off every grantee's path, so it may be late (then stale: harmless). */
+    if (poke_head && poke(posts, head_proc, head_slot) < 0)
+        PyErr_Clear();
     Py_RETURN_TRUE;
 
 not_handled:
@@ -620,7 +736,9 @@ PyDoc_STRVAR(wait_doc,
 "``wid`` from ``waits``; with ``graph_lock``, drop ``owner`` from the wait-for graph ``graph`` as\n"
 "deadlock.leave_wait does; set ``w.slot`` to None and put ``slot`` back into ``pool``, last) and\n"
 "return the lease.\n"
-"Posted with anything else: None (look at the state). Timed out: False. Neither ends the wait.");
+"Poked (BOX_POKE: this wait became the head of its queue): wait for the grant awake, at most the spin\n"
+"budget, then asleep again (see \"spinning\"). Posted with anything else: None (look at the state).\n"
+"Timed out: False. Neither ends the wait.");
 
 static PyObject *ff_wait(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -641,29 +759,80 @@ static PyObject *ff_wait(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     }
     if (timeout < 0 && args[4] != Py_None)
         timeout = 0.0;
-    int got = sem_wait_gil(sem, timeout);
-    if (got < 0)
-        return NULL;
-    if (!got)
-        Py_RETURN_FALSE;
+    /* The mailbox is exported only while it is read or written, never across a sleep: a fork child
+     * closes its copy of the mapping, which an export inherited from a sleeping thread would forbid. */
     Py_buffer mb;
     if (get_map(args[1], &mb) < 0)
         return NULL;
-    if (off < 0 || off + GRANT_LEN > mb.len) {
+    if (off < 0 || off + BOX_LEN > mb.len) {
         PyBuffer_Release(&mb);
-        Py_RETURN_NONE;
+        PyErr_SetString(PyExc_ValueError, "wait(): mailbox offset out of range");
+        return NULL;
     }
-    const char *box = (const char *)mb.buf + off;
-    /* The waiter id first: it is written last (Waker.wake), so if it is ours the grant behind it is
-     * complete even if a stale post woke us while it was being written. */
-    uint64_t id = __atomic_load_n((const uint64_t *)box, __ATOMIC_ACQUIRE);
-    if (id != wid) {
+    /* Take pokes only while spinning pays (a poke wakes a parked head), and on every 16th wait anyway,
+     * so that the average keeps following the hold times. */
+    unsigned char takes = spin_max > 0.0 && (spin_budget() > 0.0 || (++n_waits & 15) == 0);
+    __atomic_store_n((unsigned char *)mb.buf + off + BOX_SPINS, takes, __ATOMIC_RELAXED);
+    PyBuffer_Release(&mb);
+    double deadline = timeout < 0 ? -1.0 : mono() + timeout, poked_at = -1.0;
+    int got = sem_wait_gil(sem, timeout);
+    unsigned char *box;
+    for (;;) {
+        if (got < 0)
+            return NULL;
+        if (!got)
+            Py_RETURN_FALSE;
+        if (get_map(args[1], &mb) < 0)
+            return NULL;
+        if (off + BOX_LEN > mb.len) {
+            PyBuffer_Release(&mb);
+            Py_RETURN_NONE;
+        }
+        box = (unsigned char *)mb.buf + off;
+        /* The waiter id first: it is written last (Waker.wake), so if it is ours the grant behind it is
+         * complete even if a stale post woke us while it was being written. */
+        if (__atomic_load_n((const uint64_t *)box, __ATOMIC_ACQUIRE) == wid)
+            break;  /* (mb still exported) */
+        unsigned char poked = __atomic_exchange_n(box + BOX_POKE, (unsigned char)0, __ATOMIC_ACQ_REL);
         PyBuffer_Release(&mb);
-        Py_RETURN_NONE;
+        if (!poked)
+            Py_RETURN_NONE;  /* a refresh, or a stale post of an earlier wait on this slot */
+        /* Poked: this wait is the head of its queue. Wait for the grant awake, then parked. */
+        n_pokes++;
+        poked_at = mono();
+        double left = deadline < 0 ? -1.0 : deadline > poked_at ? deadline - poked_at : 0.0;
+        double budget = spin_budget();
+        if (deadline >= 0 && budget > left)
+            budget = left;
+        got = 0;
+        if (budget > 0) {
+            Py_BEGIN_ALLOW_THREADS
+            double end = poked_at + budget;
+            while (!(got = sem_trywait(sem) == 0) && mono() < end)
+                sched_yield();
+            Py_END_ALLOW_THREADS
+            if (got)
+                n_spin_grants++;
+            else
+                n_spin_parks++;
+        }
+        if (!got) {
+            double now = mono();
+            got = sem_wait_gil(sem, deadline < 0 ? -1.0 : deadline > now ? deadline - now : 0.0);
+        }
     }
-    uint64_t token = ld_u64(box + 8);
-    int64_t permits = ld_i64(box + 16);
-    unsigned char mode = (unsigned char)box[24];
+    if (poked_at >= 0) {
+        head_wait += (mono() - poked_at - head_wait) * 0.125;
+    }
+    else if (__atomic_exchange_n(box + BOX_POKE, (unsigned char)0, __ATOMIC_ACQ_REL)) {
+        /* A poke raced with this grant (both posted before this wait ran): take its post too, so the
+         * slot's next wait does not wake for nothing. (If that post is still in flight, the next wait
+         * takes one stale post: a look at the state.) */
+        (void)sem_trywait(sem);
+    }
+    uint64_t token = ld_u64((const char *)box + 8);
+    int64_t permits = ld_i64((const char *)box + 16);
+    unsigned char mode = box[24];
     PyBuffer_Release(&mb);
     /* The mailbox holds this wait's grant (its unique id): no second look at the state, no lock. Only
      * this process can release it from here on. */
@@ -731,7 +900,48 @@ fail:
     return NULL;
 }
 
+PyDoc_STRVAR(configure_spin_doc,
+"configure_spin(max_us, adaptive=True) -> previous max_us\n\n"
+"The most a poked head-of-queue waiter of this process spins before it parks (microseconds; 0: never;\n"
+"the default 50; FileBackend applies INTERLOCK_FILE_SPIN_US). adaptive=False (tests): always spin\n"
+"max_us. Resets the moving average. See the module's \"spinning\" comment.");
+
+static PyObject *ff_configure_spin(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "configure_spin() takes 1 or 2 arguments");
+        return NULL;
+    }
+    double us = PyFloat_AsDouble(args[0]);
+    if (us == -1.0 && PyErr_Occurred())
+        return NULL;
+    int adaptive = nargs < 2 ? 1 : PyObject_IsTrue(args[1]);
+    if (adaptive < 0)
+        return NULL;
+    if (!(us >= 0.0 && us <= 1e6)) {
+        PyErr_SetString(PyExc_ValueError, "configure_spin(): max_us must be between 0 and 1000000");
+        return NULL;
+    }
+    double old = spin_max_us;
+    spin_max_us = us;
+    spin_max = us * 1e-6;
+    spin_adaptive = adaptive;
+    head_wait = 0.0;
+    return PyFloat_FromDouble(old);
+}
+
+PyDoc_STRVAR(spin_stats_doc,
+"spin_stats() -> (pokes_sent, pokes_taken, grants_while_spinning, spins_then_parked, head_wait_us)\n\n"
+"Counters of this process since it started (for tests and profiles).");
+
+static PyObject *ff_spin_stats(PyObject *self, PyObject *unused)
+{
+    return Py_BuildValue("(KKKKd)", n_pokes_sent, n_pokes, n_spin_grants, n_spin_parks, head_wait * 1e6);
+}
+
 static PyMethodDef methods[] = {
+    {"configure_spin", (PyCFunction)(void (*)(void))ff_configure_spin, METH_FASTCALL, configure_spin_doc},
+    {"spin_stats", ff_spin_stats, METH_NOARGS, spin_stats_doc},
     {"grant", (PyCFunction)(void (*)(void))ff_grant, METH_FASTCALL, grant_doc},
     {"release", (PyCFunction)(void (*)(void))ff_release, METH_FASTCALL, release_doc},
     {"wait", (PyCFunction)(void (*)(void))ff_wait, METH_FASTCALL, wait_doc},

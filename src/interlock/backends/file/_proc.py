@@ -58,6 +58,9 @@ SEM_FLAG = 0x80000000  # in a waiter record's socket field: a semaphore slot, no
 MBOX_SLOTS = 4096
 MBOX_SLOT = 32
 GRANT_LEN = 25  # struct GRANT in _state
+# After the grant, a slot holds the head-of-queue hint of the C twin (see "spinning" in _fastfile.c):
+BOX_POKE = 25  # set by a releaser whose handoff made this slot's waiter the head of its queue
+BOX_SPINS = 26  # set while a C waiter (which takes pokes) uses the slot; cleared by a pure-Python waiter
 
 
 def sem_name(proc: int, n: int) -> str:
@@ -386,9 +389,11 @@ class Waker:
         # garbage collector closes them once unused.
         self._conns: dict[tuple[int, int], socket.socket] = {}
         self._sems: dict[tuple[int, int], Any] = {}
-        # (process, semaphore slot) -> (mailbox, offset, bound sem_post): a handoff's delivery is then
-        # one dict lookup, one 25-byte store and one futex wake (the hot path of every contended grant).
-        self._posts: dict[tuple[int, int], tuple[mmap.mmap, int, Callable[[], Any]]] = {}
+        # (process, semaphore slot) -> (mailbox, offset, bound sem_post, sem_t address): a handoff's
+        # delivery is then one dict lookup, one 25-byte store and one futex wake (the hot path of every
+        # contended grant). The C release calls sem_post on the address; the bound method keeps the
+        # semaphore (and so the address) alive as long as the entry.
+        self._posts: dict[tuple[int, int], tuple[mmap.mmap, int, Callable[[], Any], int]] = {}
         self._mboxes: dict[int, mmap.mmap] = {}
         self._deferred: queue.SimpleQueue[tuple[str, bytes]] | None = None
 
@@ -398,7 +403,7 @@ class Waker:
         if payload:
             t = self._posts.get((proc, n))
             if t is not None:
-                mbox, off, post = t
+                mbox, off, post, _ = t
                 # The grant first (sem_post orders it before the wake-up), its waiter id last: a thread
                 # woken early by a stale post reads the id first, so it never takes a half-written grant.
                 mbox[off + 8:off + GRANT_LEN] = payload[8:]
@@ -458,7 +463,7 @@ class Waker:
                 posts = self._posts
                 if len(posts) >= self.MAX_CONNECTED:
                     posts.pop(next(iter(posts)), None)
-                posts[key] = (mbox, off, sem.release)
+                posts[key] = (mbox, off, sem.release, sem.handle)  # (the C release posts the handle)
         try:
             sem.release()
         except (OSError, ValueError):

@@ -12,13 +12,23 @@ Scenarios (the method follows shared/reference/perf-baseline.md):
   ``acquire()`` for at least 300 us, and a process that released queues again only after someone else
   acquired; latency from just before ``release()`` to just after the next process's ``acquire()``
   returns (``perf_counter_ns``: CLOCK_MONOTONIC, system-wide). Targets: median <= portalocker blocking
-  flock, and <= 3 x posix_ipc.
+  flock, and <= 3 x posix_ipc. Next to posix_ipc runs the "FIFO floor" (see below).
 * ``tight``: 4 processes loop acquire -> read-increment-write of a counter file -> release; acq/s,
   share of acquisitions handed to a process that was already waiting (1.0 = FIFO), correctness (counter
   exact, no overlapping holds).
 * ``semaphore``: 8 processes, 3 permits, critical section = sleep 200 us; acq/s (target >= 1.0 x
   posix_ipc), acquire wait, maximum holders seen (a guard counter under an extra lock, and a sweep over
-  the logged intervals).
+  the logged intervals). Next to posix_ipc runs the "FIFO floor" with 3 permits.
+* The "FIFO floor" peer (``handoff`` and ``semaphore``) is ``benchmarks/fifo_floor.c``, compiled with
+  ``cc -O2 -shared -fPIC`` into a temporary directory once per run and called through ctypes (which, like
+  posix_ipc, releases the GIL): the cheapest strict-FIFO cross-process semaphore we could write (a
+  process-shared pthread mutex, a permit count and a ring of futex words in a fork-inherited page;
+  release hands the permit straight to the oldest waiter and wakes it). It is a measuring reference, not
+  a library: no crash safety at all (a killed holder leaks its permit). It is there because posix_ipc is
+  unfair: its releaser re-takes the permit it has just posted (acquire-wait median ~1 us), while strict
+  FIFO with direct handoff puts a process wake-up on every contended permit's path. The floor pays that
+  wake-up and nothing else, so interlock vs floor is interlock's own overhead, and floor vs posix_ipc
+  is the cost of fairness itself on this machine.
 * ``tight`` and ``semaphore`` start every child with one uncontended warm-up pair and a barrier
   (``multiprocessing.Barrier``): each child opens its primitive, imports and registers what it needs,
   and only then do all start together. (Until this revision they started on a 0.3 s timer: children
@@ -30,7 +40,8 @@ Scenarios (the method follows shared/reference/perf-baseline.md):
 * ``idle``: CPU time a waiter burns while blocked for 1 s behind a holder.
 
 Run: ``python benchmarks/bench_process.py`` (about 3 minutes; ``--quick`` for a smoke run).
-Needs ``pip install filelock fasteners portalocker posix_ipc`` (missing peers are skipped).
+Needs ``pip install filelock fasteners portalocker posix_ipc`` and a C compiler for the FIFO floor (missing
+peers are skipped).
 """
 
 from __future__ import annotations
@@ -171,6 +182,85 @@ class PosixIpc(Impl):
             posix_ipc.unlink_semaphore(self.name)
 
 
+_FLOOR_LIB: list[Any] = []  # [ctypes.CDLL or None], built once per run
+
+
+def _fifo_floor_lib() -> Any:
+    """Compile benchmarks/fifo_floor.c into a temporary directory (once per run) and load it; None without
+    a C compiler."""
+    if _FLOOR_LIB:
+        return _FLOOR_LIB[0]
+    import atexit
+    import ctypes
+    import subprocess
+
+    lib = None
+    cc = next(filter(None, (shutil.which(c) for c in (os.environ.get("CC", "cc"), "gcc", "clang"))), None)
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fifo_floor.c")
+    if cc is None:
+        print("(skipping FifoFloor: no C compiler found)", file=sys.stderr)
+    else:
+        d = tempfile.mkdtemp(prefix="ilbench-floor-")
+        parent = os.getpid()
+
+        def cleanup() -> None:
+            if os.getpid() == parent:  # not in forked children
+                shutil.rmtree(d, ignore_errors=True)
+
+        atexit.register(cleanup)
+        so = os.path.join(d, "fifo_floor.so")
+        r = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", so, src], capture_output=True, text=True,
+                           check=False)
+        if r.returncode:
+            print(f"(skipping FifoFloor: {cc} failed: {r.stderr.strip()[:200]})", file=sys.stderr)
+        else:
+            lib = ctypes.CDLL(so)  # CDLL (not PyDLL): the GIL is released around every call, as posix_ipc does
+            lib.floor_size.restype = ctypes.c_size_t
+            for f in (lib.floor_init, lib.floor_acquire, lib.floor_release):
+                f.restype = ctypes.c_int
+            lib.floor_init.argtypes = [ctypes.c_void_p, ctypes.c_int]
+            lib.floor_acquire.argtypes = lib.floor_release.argtypes = [ctypes.c_void_p]
+    _FLOOR_LIB.append(lib)
+    return lib
+
+
+class FifoFloor(Impl):
+    label = "FIFO floor (minimal C, no crash safety)"
+    note = ("benchmarks/fifo_floor.c, a measuring reference, not a library: process-shared pthread mutex + "
+            "permit count + ring of futex words in a fork-inherited page; strict FIFO with direct handoff "
+            "(release wakes the oldest waiter and gives it the permit), so every contended grant pays one "
+            "futex wake-up, like interlock and unlike posix_ipc; a dead holder's permit is lost")
+    never_recovers = True
+
+    def __init__(self, workdir: str, permits: int = 1) -> None:
+        import ctypes
+
+        super().__init__(workdir)
+        self.lib = _fifo_floor_lib()
+        size = -(-max(1, self.lib.floor_size()) // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages
+        self.m = mmap.mmap(-1, size, flags=mmap.MAP_SHARED)  # page-aligned, inherited across fork
+        view = ctypes.c_char.from_buffer(self.m)
+        self.addr = ctypes.addressof(view)
+        del view  # release the buffer export so that close() can unmap
+        if self.lib.floor_init(self.addr, permits):
+            raise OSError("fifo_floor: pthread_mutex_init failed")
+
+    def open(self) -> tuple[Callable[[], Any], Callable[[], Any]]:
+        acq_c, rel_c, addr = self.lib.floor_acquire, self.lib.floor_release, self.addr
+
+        def acquire() -> None:
+            if acq_c(addr):
+                raise RuntimeError("fifo_floor: waiter ring full")
+
+        def release() -> None:
+            rel_c(addr)
+
+        return acquire, release
+
+    def close(self) -> None:
+        self.m.close()
+
+
 class MpLock(Impl):
     label = "multiprocessing.Lock"
     note = "fork-inherited SemLock (sem_t); never given back if the holder dies"
@@ -206,6 +296,8 @@ class PortalockerSemaphore(Impl):
 
 
 def available(cls: type[Impl]) -> bool:
+    if cls is FifoFloor:
+        return _fifo_floor_lib() is not None
     mod = {PortalockerBlocking: "portalocker", PortalockerDefault: "portalocker", FileLockDefault: "filelock",
            FastenersDefault: "fasteners", PosixIpc: "posix_ipc", PortalockerSemaphore: "portalocker"}.get(cls)
     if mod is None:
@@ -414,7 +506,7 @@ def _handoff(i: int, impl: Impl, sh: Shared, nproc: int, target: int, cap: float
 
 
 def scenario_handoff(reps: int, target: int, cap: float) -> str:
-    classes: list[type[Impl]] = [InterlockLock, PortalockerBlocking, PosixIpc, MpLock, FastenersDefault,
+    classes: list[type[Impl]] = [InterlockLock, PortalockerBlocking, PosixIpc, FifoFloor, MpLock, FastenersDefault,
                                  FileLockDefault, PortalockerDefault]
     classes = [c for c in classes if available(c)]
     nproc = 4
@@ -563,6 +655,8 @@ def scenario_semaphore(reps: int, quota: int) -> str:
         out: list[Impl] = [InterlockLock(d, permits)]
         if available(PosixIpc):
             out.append(PosixIpc(d, permits))
+        if available(FifoFloor):
+            out.append(FifoFloor(d, permits))
         out.append(MpLock(d, permits))
         if available(PortalockerSemaphore):
             out.append(PortalockerSemaphore(d, permits, None))

@@ -441,17 +441,23 @@ def _in_thread(fn: Any, *args: Any) -> tuple[Any, list[Any]]:
     return t, out
 
 
+def _start_poked_wait(tag: str, off: int, wid: int) -> tuple[Any, mmap.mmap, tuple[Any, ...], Any, Any, list[Any]]:
+    """A thread in wait() on a fresh slot, poked once it takes pokes: (sem, box, args, stats, thread, out)."""
+    sem, box = _sem(tag), mmap.mmap(-1, 4096)
+    args = _wait_args(sem, box, off, wid, None)
+    before = ff.spin_stats()
+    t, out = _in_thread(ff.wait, *args)
+    _until(lambda: box[off + BOX_SPINS] == 1, "the waiter takes pokes")
+    box[off + BOX_POKE] = 1
+    sem.release()
+    return sem, box, args, before, t, out
+
+
 def test_a_poked_waiter_takes_its_grant_while_spinning(spin: Any) -> None:
     from interlock._lease import HELD
 
     ff.configure_spin(1e6, False)  # (a fixed budget of 1 s: the grant below comes well within it)
-    sem, box = _sem("spin"), mmap.mmap(-1, 4096)
-    args = _wait_args(sem, box, 32, 7, None)
-    before = ff.spin_stats()
-    t, out = _in_thread(ff.wait, *args)
-    _until(lambda: box[32 + BOX_SPINS] == 1, "the waiter takes pokes")
-    box[32 + BOX_POKE] = 1
-    sem.release()
+    sem, box, args, before, t, out = _start_poked_wait("spin", 32, 7)
     _until(lambda: ff.spin_stats()[1] == before[1] + 1, "the poke is taken")
     box[32 + 8:32 + GRANT.size] = GRANT.pack(7, 100, 1, MODES["permits"])[8:]
     box[32:32 + 8] = GRANT.pack(7, 100, 1, MODES["permits"])[:8]
@@ -467,13 +473,7 @@ def test_a_poked_waiter_takes_its_grant_while_spinning(spin: Any) -> None:
 
 def test_a_poked_waiter_whose_spin_runs_out_parks_and_is_still_woken(spin: Any) -> None:
     ff.configure_spin(200.0, False)
-    sem, box = _sem("park"), mmap.mmap(-1, 4096)
-    args = _wait_args(sem, box, 64, 9, None)
-    before = ff.spin_stats()
-    t, out = _in_thread(ff.wait, *args)
-    _until(lambda: box[64 + BOX_SPINS] == 1, "the waiter takes pokes")
-    box[64 + BOX_POKE] = 1
-    sem.release()
+    sem, box, args, before, t, out = _start_poked_wait("park", 64, 9)
     _until(lambda: ff.spin_stats()[3] == before[3] + 1, "the spin runs out")
     assert t.is_alive(), "parked again, not returned"
     box[64:64 + GRANT.size] = GRANT.pack(9, 200, 1, MODES["permits"])

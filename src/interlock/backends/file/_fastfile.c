@@ -301,36 +301,51 @@ static int post(PyObject *t)
     return 0;
 }
 
+/* The Waker's cache entry of (process, slot) (a new reference) with its mailbox exported in ``mb``
+ * and the slot's offset in ``*off`` (``need`` bytes of it inside the mapping). NULL: not in the cache
+ * (*status 0) or an error (*status -1). */
+static PyObject *cached_box(PyObject *posts, uint64_t proc, uint32_t slot, Py_ssize_t need, Py_buffer *mb,
+                            Py_ssize_t *off, int *status)
+{
+    *status = -1;
+    PyObject *key = Py_BuildValue("(KI)", (unsigned long long)proc, (unsigned)slot);
+    if (key == NULL)
+        return NULL;
+    PyObject *t = PyDict_GetItemWithError(posts, key);  /* borrowed */
+    Py_DECREF(key);
+    if (t == NULL) {
+        *status = PyErr_Occurred() ? -1 : 0;
+        return NULL;
+    }
+    *status = 0;
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) < 3)
+        return NULL;
+    Py_INCREF(t);  /* a post may run arbitrary code in theory; keep the tuple alive */
+    *off = PyLong_AsSsize_t(PyTuple_GET_ITEM(t, 1));
+    if ((*off < 0 && PyErr_Occurred()) || get_map(PyTuple_GET_ITEM(t, 0), mb) < 0) {
+        *status = -1;
+        Py_DECREF(t);
+        return NULL;
+    }
+    if (*off < 0 || *off + need > mb->len) {
+        PyBuffer_Release(mb);
+        Py_DECREF(t);
+        return NULL;
+    }
+    return t;
+}
+
 /* Deliver one grant through the Waker's cache of (mailbox, offset, bound sem_post, sem_t address), keyed by
  * (process, slot). Returns 1 delivered, 0 not in the cache, -1 error (an exception other than the ones
  * Waker.wake ignores); for 0 and -1 the caller hands the grant to Python, which delivers it. */
 static int deliver(PyObject *posts, uint64_t proc, uint32_t slot, const char payload[GRANT_LEN])
 {
-    PyObject *key = Py_BuildValue("(KI)", (unsigned long long)proc, (unsigned)slot);
-    if (key == NULL)
-        return -1;
-    PyObject *t = PyDict_GetItemWithError(posts, key);  /* borrowed */
-    Py_DECREF(key);
-    if (t == NULL)
-        return PyErr_Occurred() ? -1 : 0;
-    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) < 3)
-        return 0;
-    Py_INCREF(t);  /* a post may run arbitrary code in theory; keep the tuple alive */
-    Py_ssize_t off = PyLong_AsSsize_t(PyTuple_GET_ITEM(t, 1));
-    if (off < 0 && PyErr_Occurred()) {
-        Py_DECREF(t);
-        return -1;
-    }
     Py_buffer mb;
-    if (get_map(PyTuple_GET_ITEM(t, 0), &mb) < 0) {
-        Py_DECREF(t);
-        return -1;
-    }
-    if (off < 0 || off + GRANT_LEN > mb.len) {
-        PyBuffer_Release(&mb);
-        Py_DECREF(t);
-        return 0;
-    }
+    Py_ssize_t off;
+    int status;
+    PyObject *t = cached_box(posts, proc, slot, GRANT_LEN, &mb, &off, &status);
+    if (t == NULL)
+        return status;
     char *box = (char *)mb.buf + off;
     /* The grant first, its waiter id last (Waker.wake): a thread woken early by a stale post reads the
      * id first, so it never takes a half-written grant. sem_post orders both before the wake-up. */
@@ -385,29 +400,17 @@ static double spin_budget(void)
  * the Waker's cache or its waiter does not take pokes. -1 only with an unexpected exception. */
 static int poke(PyObject *posts, uint64_t proc, uint32_t slot)
 {
-    PyObject *key = Py_BuildValue("(KI)", (unsigned long long)proc, (unsigned)slot);
-    if (key == NULL)
-        return -1;
-    PyObject *t = PyDict_GetItemWithError(posts, key);  /* borrowed */
-    Py_DECREF(key);
-    if (t == NULL)
-        return PyErr_Occurred() ? -1 : 0;
-    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) < 4)
-        return 0;
-    Py_INCREF(t);
-    Py_ssize_t off = PyLong_AsSsize_t(PyTuple_GET_ITEM(t, 1));
     Py_buffer mb;
-    if ((off < 0 && PyErr_Occurred()) || get_map(PyTuple_GET_ITEM(t, 0), &mb) < 0) {
-        Py_DECREF(t);
-        return -1;
-    }
+    Py_ssize_t off;
+    int status;
+    PyObject *t = cached_box(posts, proc, slot, BOX_LEN, &mb, &off, &status);
+    if (t == NULL)
+        return status;
     int r = 0;
-    if (off >= 0 && off + BOX_LEN <= mb.len) {
-        unsigned char *box = (unsigned char *)mb.buf + off;
-        if (__atomic_load_n(box + BOX_SPINS, __ATOMIC_RELAXED)) {
-            __atomic_store_n(box + BOX_POKE, (unsigned char)1, __ATOMIC_RELEASE);
-            r = 1;
-        }
+    unsigned char *box = (unsigned char *)mb.buf + off;
+    if (PyTuple_GET_SIZE(t) >= 4 && __atomic_load_n(box + BOX_SPINS, __ATOMIC_RELAXED)) {
+        __atomic_store_n(box + BOX_POKE, (unsigned char)1, __ATOMIC_RELEASE);
+        r = 1;
     }
     PyBuffer_Release(&mb);
     if (r == 1) {

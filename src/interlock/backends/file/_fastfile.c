@@ -372,28 +372,29 @@ static int deliver(PyObject *posts, uint64_t proc, uint32_t slot, const char pay
  * grantee no wake-up.
  *
  * The budget adapts, per process: twice the recent time from a poke to its grant (a moving average)
- * plus 20 us, at most spin_max (50 us by default); none while that average exceeds spin_max (long
+ * plus 20 us, at most spin_max_us (50 by default); none while that average exceeds it (long
  * holds: spinning would rarely catch the grant). Waiters then stop taking pokes (BOX_SPINS), except
  * one wait in 16 that keeps the average current, so long holds cost no extra wake-up either. A waiter
- * blocked behind a long hold therefore spins at most spin_max once, then uses no CPU.
+ * blocked behind a long hold therefore spins at most spin_max_us once, then uses no CPU.
  *
  * Pokes are hints: a lost, late or stale one (the slot reused by a later wait) costs at most one
  * spin, never a wrong grant. The grant itself still travels only through the mailbox and its id. */
-static double spin_max = 50e-6;    /* seconds (configure_spin(), INTERLOCK_FILE_SPIN_US); 0: never spin */
-static double spin_max_us = 50.0;  /* the same as given (returned by configure_spin() as it was given) */
+static double spin_max_us = 50.0;  /* configure_spin(), INTERLOCK_FILE_SPIN_US; 0: never spin */
+#define SPIN_MAX (spin_max_us * 1e-6)  /* in seconds, like every time here */
 static double head_wait = 0.0;     /* moving average of poke -> grant (seconds), GIL-protected */
-static int spin_adaptive = 1;     /* 0 (tests): the budget is spin_max */
+static int spin_adaptive = 1;     /* 0 (tests): the budget is SPIN_MAX */
 static unsigned long long n_pokes_sent, n_pokes, n_spin_grants, n_spin_parks;  /* for tests and profiles */
 static unsigned n_waits;
 
 static double spin_budget(void)
 {
-    if (!spin_adaptive || spin_max <= 0.0)
-        return spin_max;
-    if (head_wait > spin_max)
+    double max = SPIN_MAX;
+    if (!spin_adaptive || max <= 0.0)
+        return max;
+    if (head_wait > max)
         return 0.0;
     double b = 2.0 * head_wait + 20e-6;
-    return b < spin_max ? b : spin_max;
+    return b < max ? b : max;
 }
 
 /* Tell waiter (proc, slot) that it is now the head of its queue. Skipped (0) when its slot is not in
@@ -558,7 +559,7 @@ static PyObject *ff_release(PyObject *self, PyObject *const *args, Py_ssize_t na
     write_hdr(m + s.dst, s.cap, avail, last, s.ticket, s.nh - 1 + k, s.nw - k, flags, s.epoch);
     commit(m, s.sel);  /* from here on the grants exist */
     /* The new head of the queue, to poke once the grants are delivered (see "spinning"). */
-    int poke_head = k > 0 && k < s.nw && spin_max > 0.0;
+    int poke_head = k > 0 && k < s.nw && spin_max_us > 0.0;
     uint64_t head_proc = poke_head ? ld_u64(w0 + (uint64_t)k * REC + 8) : 0;
     uint32_t head_slot = poke_head ? ld_u32(w0 + (uint64_t)k * REC + 40) : 0;
     PyBuffer_Release(&view);
@@ -774,7 +775,7 @@ static PyObject *ff_wait(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     }
     /* Take pokes only while spinning pays (a poke wakes a parked head), and on every 16th wait anyway,
      * so that the average keeps following the hold times. */
-    unsigned char takes = spin_max > 0.0 && (spin_budget() > 0.0 || (++n_waits & 15) == 0);
+    unsigned char takes = spin_max_us > 0.0 && (spin_budget() > 0.0 || (++n_waits & 15) == 0);
     __atomic_store_n((unsigned char *)mb.buf + off + BOX_SPINS, takes, __ATOMIC_RELAXED);
     PyBuffer_Release(&mb);
     double deadline = timeout < 0 ? -1.0 : mono() + timeout, poked_at = -1.0;
@@ -927,7 +928,6 @@ static PyObject *ff_configure_spin(PyObject *self, PyObject *const *args, Py_ssi
     }
     double old = spin_max_us;
     spin_max_us = us;
-    spin_max = us * 1e-6;
     spin_adaptive = adaptive;
     head_wait = 0.0;
     return PyFloat_FromDouble(old);

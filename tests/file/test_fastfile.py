@@ -581,3 +581,62 @@ def test_a_pure_python_waiter_is_never_poked(tmp_path: Path, spin: Any, monkeypa
     assert rounds(native, lambda: sum(native_mbox[i * 32 + BOX_SPINS] for i in range(64)) >= 2) >= 1
     native_b.close()
     pure_b.close()
+
+
+# -- a release yields its CPU to a grantee of another process ("yielding after a handoff", _fastfile.c) --
+
+
+@pytest.fixture
+def yielding() -> Iterator[Any]:
+    """The C twin's yield setting, on, restored afterwards (it is process-wide)."""
+    before = ff.configure_yield(True)
+    yield ff
+    ff.configure_yield(before)
+
+
+def _handoff_to(pair: Pair, grantee: int, slot: int, sem: Any, box: mmap.mmap) -> None:
+    t = pair.grant(5, True, P1)[0]
+    pair.enqueue(5, grantee, 7, slot)
+    r, _, wakes = pair.release(t, P1, 5, posts={(grantee, slot): (box, 64, sem.release, sem.handle)})
+    assert r is True and GRANT.unpack(box[64:64 + GRANT.size]) == GRANT.unpack(wakes[0][2])
+    assert sem.acquire(False) and not sem.acquire(False), "the grant is posted once"
+
+
+def test_a_handoff_to_another_process_yields_once(pair: Pair, yielding: Any) -> None:
+    box = mmap.mmap(-1, 4096)
+    before = ff.handoff_yields()
+    _handoff_to(pair, P2, 0x80000003, _sem("y1"), box)
+    assert ff.handoff_yields() == before + 1
+
+
+def test_a_handoff_within_the_process_does_not_yield(pair: Pair, yielding: Any) -> None:
+    """The grantee is a thread of the releasing process: it needs this thread's GIL before anything,
+    so yielding the CPU to it would gain nothing."""
+    box = mmap.mmap(-1, 4096)
+    before = ff.handoff_yields()
+    _handoff_to(pair, P1, 0x80000003, _sem("y2"), box)
+    assert ff.handoff_yields() == before
+
+
+def test_configure_yield_turns_the_yield_off(pair: Pair, yielding: Any) -> None:
+    assert ff.configure_yield(False) is True and ff.configure_yield(False) is False
+    box = mmap.mmap(-1, 4096)
+    before = ff.handoff_yields()
+    _handoff_to(pair, P2, 0x80000003, _sem("y3"), box)
+    assert ff.handoff_yields() == before
+
+
+def test_interlock_file_handoff_yield_is_checked_before_any_io(
+    yielding: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from interlock import InvalidArgument
+    from interlock.backends.file import FileBackend
+
+    for bad in ("yes", "2", "off"):
+        monkeypatch.setenv("INTERLOCK_FILE_HANDOFF_YIELD", bad)
+        with pytest.raises(InvalidArgument, match="INTERLOCK_FILE_HANDOFF_YIELD"):
+            FileBackend("file://" + str(tmp_path / "never"))
+        assert not (tmp_path / "never").exists()
+    monkeypatch.setenv("INTERLOCK_FILE_HANDOFF_YIELD", "0")
+    FileBackend("file://" + str(tmp_path / "d")).close()
+    assert ff.configure_yield(True) is False

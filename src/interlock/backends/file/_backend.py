@@ -18,7 +18,7 @@ from ..._errors import BackendError
 from ..._spi import Backend, HolderInfo, Statistics, WaiterInfo
 from ..._validate import check_name
 from . import _channel
-from ._channel import FileChannel, Wait, spin_limit_from_env
+from ._channel import FileChannel, Wait, handoff_yield_from_env, spin_limit_from_env
 from ._paths import NAMES, O_CLOEXEC, O_NOFOLLOW, PROCS, name_file, open_base, open_subdir, parse_url
 from ._proc import (
     MBOX_SLOTS,
@@ -138,8 +138,12 @@ class FileBackend(Backend):
     def __init__(self, url: str) -> None:
         path = parse_url(url)  # raises before any I/O
         spin = spin_limit_from_env()
-        if spin is not None and _channel._native is not None:
-            _channel._native.configure_spin(spin)  # (process-wide, like the variable)
+        handoff_yield = handoff_yield_from_env()
+        if _channel._native is not None:  # (process-wide settings, like the variables)
+            if spin is not None:
+                _channel._native.configure_spin(spin)
+            if handoff_yield is not None:
+                _channel._native.configure_yield(handoff_yield)
         super().__init__(url)
         self._lock = threading.Lock()
         self._base_fd, self.path = open_base(path)

@@ -98,6 +98,21 @@ def spin_limit_from_env() -> float | None:
     return us
 
 
+def handoff_yield_from_env() -> bool | None:
+    """``INTERLOCK_FILE_HANDOFF_YIELD``: 1 (the default) or 0. With 1, a release that hands permits to a
+    parked thread of another process yields its CPU to that grantee. See "yielding after a handoff" in
+    _fastfile.c."""
+    raw = os.environ.get("INTERLOCK_FILE_HANDOFF_YIELD", "").strip()
+    if not raw:
+        return None
+    if raw not in ("0", "1"):
+        raise InvalidArgument(
+            f"INTERLOCK_FILE_HANDOFF_YIELD={raw!r} is neither 1 nor 0; set it to 1 (the default: a release "
+            "yields its CPU to the process it handed permits to) or 0 (it does not), or unset it"
+        )
+    return raw == "1"
+
+
 def _label(owner: Any) -> bytes:
     """The owner as stored in a record (thread or task name), cached by name."""
     if type(owner) is ThreadOwner:

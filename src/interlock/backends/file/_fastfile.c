@@ -11,9 +11,11 @@
  *   wait()     a blocked thread's futex wait and what follows it when the wake-up is its grant: the
  *              SemSlot loop in FileChannel._wait_thread (SemLock.acquire, the mailbox check, the Lease)
  *
- * and one thing the Python twin does not do: a C release pokes the waiter that its handoff made the
+ * and two things the Python twin does not do: a C release pokes the waiter that its handoff made the
  * head of the queue, and a C waiter so poked waits for its grant awake for a few tens of microseconds
- * (see "spinning" below). A hint only: the state and the mailbox protocol are the same in both twins.
+ * (see "spinning" below); and a C release that woke a grantee in another process yields its CPU to it
+ * (see "yielding after a handoff"). Scheduling hints only: the state and the mailbox protocol are the
+ * same in both twins, except that the C release posts its deliveries after its unlock (see release()).
  *
  * Why: an uncontended pair and a handoff are each one short locked transition of the state file. In
  * Python such a transition is ~40 lines at ~0.1-1 us each (the releaser of a handoff runs right after a
@@ -336,13 +338,17 @@ static PyObject *cached_box(PyObject *posts, uint64_t proc, uint32_t slot, Py_ss
 }
 
 /* Deliver one grant through the Waker's cache of (mailbox, offset, bound sem_post, sem_t address), keyed by
- * (process, slot). Returns 1 delivered, 0 not in the cache, -1 error (an exception other than the ones
- * Waker.wake ignores); for 0 and -1 the caller hands the grant to Python, which delivers it. */
-static int deliver(PyObject *posts, uint64_t proc, uint32_t slot, const char payload[GRANT_LEN])
+ * (process, slot): write it into the mailbox. The post is left to the caller when the entry has a sem_t
+ * address (*later: the entry, a new reference, and *sem), so that it can post after its unlock; else it
+ * is made here. Returns 1 delivered (or to post), 0 not in the cache, -1 error (an exception other than
+ * the ones Waker.wake ignores); for 0 and -1 the caller hands the grant to Python, which delivers it. */
+static int deliver(PyObject *posts, uint64_t proc, uint32_t slot, const char payload[GRANT_LEN],
+                   PyObject **later, sem_t **sem)
 {
     Py_buffer mb;
     Py_ssize_t off;
     int status;
+    *later = NULL;
     PyObject *t = cached_box(posts, proc, slot, GRANT_LEN, &mb, &off, &status);
     if (t == NULL)
         return status;
@@ -354,6 +360,14 @@ static int deliver(PyObject *posts, uint64_t proc, uint32_t slot, const char pay
     memcpy(&wid, payload, 8);
     __atomic_store_n((uint64_t *)box, wid, __ATOMIC_RELEASE);  /* offsets are multiples of 32 */
     PyBuffer_Release(&mb);
+    if (PyTuple_GET_SIZE(t) >= 4) {
+        *sem = (sem_t *)PyLong_AsVoidPtr(PyTuple_GET_ITEM(t, 3));
+        if (*sem != NULL) {
+            *later = t;  /* its bound method keeps the sem_t mapped until the caller's post */
+            return 1;
+        }
+        PyErr_Clear();
+    }
     int r = post(t);
     Py_DECREF(t);
     return r < 0 ? -1 : 1;
@@ -385,6 +399,23 @@ static double head_wait = 0.0;     /* moving average of poke -> grant (seconds),
 static int spin_adaptive = 1;     /* 0 (tests): the budget is SPIN_MAX */
 static unsigned long long n_pokes_sent, n_pokes, n_spin_grants, n_spin_parks;  /* for tests and profiles */
 static unsigned n_waits;
+
+/* -- yielding after a handoff ----------------------------------------------------------------------
+ *
+ * Linux usually queues a futex-woken task on the CPU of the task that woke it (here, even with the other
+ * vCPU idle: a halted vCPU looks preempted to the guest scheduler, which avoids it). So a woken grantee
+ * runs only once its releaser sleeps or is preempted, and everything the releaser does after the post
+ * (the rest of release(), the caller's code up to its next blocking call) is added to the handoff:
+ * measured here, 10-40 us between the post and the grantee's first instruction, against 2-3 us with a
+ * yield. So a release that posted a grant to a parked thread of another process yields its CPU once
+ * (sched_yield, after the unlock and every post: nothing is held but the GIL of this process, whose
+ * threads the grantee does not need). The grantee, which now holds the permits, goes first; the
+ * releaser continues when it blocks or its turn comes. When the grantee was placed on another CPU, or
+ * nothing else is runnable here, sched_yield returns at once (one system call, ~0.5 us).
+ * configure_yield(False) or INTERLOCK_FILE_HANDOFF_YIELD=0 turns it off (a releaser whose own latency
+ * matters more than the next holder's, on a machine where CPUs are scarce). */
+static int yield_after = 1;            /* configure_yield() */
+static unsigned long long n_yields;    /* for tests and profiles */
 
 static double spin_budget(void)
 {
@@ -434,6 +465,8 @@ typedef struct {
     int64_t permits;
     uint32_t slot;
     unsigned char mode;
+    PyObject *later;  /* delivered into the mailbox, to post after the unlock (deliver()) */
+    sem_t *sem;
 } grant_t;
 
 static PyObject *ff_release(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -571,7 +604,7 @@ static PyObject *ff_release(PyObject *self, PyObject *const *args, Py_ssize_t na
         st_u64(payload + 8, g[j].token);
         st_i64(payload + 16, g[j].permits);
         payload[24] = (char)g[j].mode;
-        int r = deliver(posts, g[j].proc, g[j].slot, payload);
+        int r = deliver(posts, g[j].proc, g[j].slot, payload, &g[j].later, &g[j].sem);
         if (r == 1)
             continue;
         if (r < 0)
@@ -588,14 +621,34 @@ static PyObject *ff_release(PyObject *self, PyObject *const *args, Py_ssize_t na
         }
         Py_DECREF(item);
     }
+    /* The posts of the grants written above (their mailboxes are complete, under the lock), made after
+     * the unlock: the post is then the releaser's last step, and a grantee woken onto the releaser's
+     * vCPU does not wait for the rest of it. A waiter that looks at the state in between (its timeout)
+     * finds its grant there, and the late post is then a stale one for the slot's next wait (it looks
+     * at the state: see wait()). A releaser killed in between leaves a committed, undelivered grant, as
+     * one killed before its delivery always could: the grantee's death watch wakes it. With grants
+     * left to Python the lock stays held (the protocol above), so these are posted now. */
+    if (left == NULL)
+        unlock(fd);
+    int woke_other = 0;
+    for (uint32_t j = 0; j < k; j++) {
+        if (g[j].later != NULL) {
+            (void)sem_post(g[j].sem);  /* EOVERFLOW: posted to its maximum, nothing to do (as Waker.wake) */
+            Py_DECREF(g[j].later);
+            woke_other |= g[j].proc != proc;  /* (a thread of this process would need our GIL first) */
+        }
+    }
     if (g != small)
         PyMem_Free(g);
     if (left != NULL)
         return left;  /* lock held: the caller delivers these, then unlocks (no poke: a hint) */
-    unlock(fd);
     /* After the unlock: a poke is off every grantee's path, so it may be late (then stale: harmless). */
     if (poke_head && poke(posts, head_proc, head_slot) < 0)
         PyErr_Clear();
+    if (woke_other && yield_after) {  /* see "yielding after a handoff" */
+        n_yields++;
+        sched_yield();
+    }
     Py_RETURN_TRUE;
 
 not_handled:
@@ -933,6 +986,29 @@ static PyObject *ff_configure_spin(PyObject *self, PyObject *const *args, Py_ssi
     return PyFloat_FromDouble(old);
 }
 
+PyDoc_STRVAR(configure_yield_doc,
+"configure_yield(on) -> previous setting\n\n"
+"Whether a release that hands permits to a parked thread of another process yields its CPU to it\n"
+"(default True; FileBackend applies INTERLOCK_FILE_HANDOFF_YIELD). See \"yielding after a handoff\".");
+
+static PyObject *ff_configure_yield(PyObject *self, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    int old = yield_after;
+    yield_after = on;
+    return PyBool_FromLong(old);
+}
+
+PyDoc_STRVAR(handoff_yields_doc,
+"handoff_yields() -> the number of releases of this process that yielded after a handoff (for tests).");
+
+static PyObject *ff_handoff_yields(PyObject *self, PyObject *unused)
+{
+    return PyLong_FromUnsignedLongLong(n_yields);
+}
+
 PyDoc_STRVAR(spin_stats_doc,
 "spin_stats() -> (pokes_sent, pokes_taken, grants_while_spinning, spins_then_parked, head_wait_us)\n\n"
 "Counters of this process since it started (for tests and profiles).");
@@ -945,6 +1021,8 @@ static PyObject *ff_spin_stats(PyObject *self, PyObject *unused)
 static PyMethodDef methods[] = {
     {"configure_spin", (PyCFunction)(void (*)(void))ff_configure_spin, METH_FASTCALL, configure_spin_doc},
     {"spin_stats", ff_spin_stats, METH_NOARGS, spin_stats_doc},
+    {"configure_yield", ff_configure_yield, METH_O, configure_yield_doc},
+    {"handoff_yields", ff_handoff_yields, METH_NOARGS, handoff_yields_doc},
     {"grant", (PyCFunction)(void (*)(void))ff_grant, METH_FASTCALL, grant_doc},
     {"release", (PyCFunction)(void (*)(void))ff_release, METH_FASTCALL, release_doc},
     {"wait", (PyCFunction)(void (*)(void))ff_wait, METH_FASTCALL, wait_doc},

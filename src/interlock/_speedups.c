@@ -403,6 +403,35 @@ lease_prev_died_set(LeaseObject *self, PyObject *value, void *closure)
     return 0;
 }
 
+/* For the file:// C twin (_fastfile.wait, through the capsule "interlock._speedups._lease_api"): fill
+   a pre-built Lease with its grant by direct stores, as its member descriptors would (token, permits,
+   acquired_at, _state = HELD, previous_owner_died if set). A grantee runs this right after its wake-up,
+   where each attribute store through the generic setattr costs ~0.5 us from cold caches. Returns 0, or 1
+   when `lease` is not a LeaseBase (the caller then stores the attributes itself). */
+static int
+lease_fill_granted(PyObject *lease, PyObject *token, PyObject *permits, PyObject *acquired_at, int prev_died)
+{
+    if (!IS_LEASE(lease)) {
+        return 1;
+    }
+    LeaseObject *l = (LeaseObject *)lease;
+    Py_XSETREF(l->token, Py_NewRef(token));
+    Py_XSETREF(l->permits, Py_NewRef(permits));
+    Py_XSETREF(l->acquired_at, Py_NewRef(acquired_at));
+    if (prev_died) {
+        l->prev_died = 1;
+    }
+    l->state = LEASE_HELD;
+    return 0;
+}
+
+/* The capsule's contents (a struct, so that more entries can follow without a new capsule). */
+typedef struct {
+    int (*fill_granted)(PyObject *, PyObject *, PyObject *, PyObject *, int);
+} interlock_lease_api;
+
+static interlock_lease_api lease_api = {lease_fill_granted};
+
 static PyGetSetDef LeaseBase_getset[] = {
     {"_state", (getter)lease_state_get, (setter)lease_state_set, "HELD 0, RELEASED 1, LOST 2, ABANDONED 3", NULL},
     {"previous_owner_died", (getter)lease_prev_died_get, (setter)lease_prev_died_set,
@@ -2769,6 +2798,13 @@ PyInit__speedups(void)
         Py_DECREF(m);
         return NULL;
     }
+    PyObject *api = PyCapsule_New(&lease_api, "interlock._speedups._lease_api", NULL);
+    if (api == NULL || PyModule_AddObjectRef(m, "_lease_api", api) < 0) {
+        Py_XDECREF(api);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_DECREF(api);
     if (handoff_init(m) < 0) {  /* the contended handoff section */
         Py_DECREF(m);
         return NULL;

@@ -784,6 +784,27 @@ static int sem_wait_gil(sem_t *sem, double timeout)
     }
 }
 
+/* interlock._speedups' capsule of C entry points for other extensions (a struct of function pointers,
+ * see _speedups.c), imported on first use; NULL where _speedups is not built (the Lease is then the
+ * pure-Python class, filled by setattr). */
+typedef struct {
+    int (*fill_granted)(PyObject *lease, PyObject *token, PyObject *permits, PyObject *acquired_at,
+                        int prev_died);
+} interlock_lease_api;
+
+static const interlock_lease_api *lease_api(void)
+{
+    static const interlock_lease_api *api;
+    static int tried;
+    if (!tried) {
+        tried = 1;
+        api = (const interlock_lease_api *)PyCapsule_Import("interlock._speedups._lease_api", 0);
+        if (api == NULL)
+            PyErr_Clear();
+    }
+    return api;
+}
+
 PyDoc_STRVAR(wait_doc,
 "wait(handle, mbox, off, wid, timeout, w, lease, local, owner, mode, waits, pool, slot, graph_lock,\n"
 "     graph) -> lease | None | False\n\n"
@@ -903,11 +924,15 @@ static PyObject *ff_wait(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     PyObject *rec = NULL;
     if (tok == NULL || perm == NULL || at == NULL)
         goto fail;
-    if (PyObject_SetAttr(lease, s_token, tok) < 0 || PyObject_SetAttr(lease, s_permits, perm) < 0
-        || PyObject_SetAttr(lease, s_acquired_at, at) < 0 || PyObject_SetAttr(lease, s_state, zero) < 0)
-        goto fail;
-    if ((mode & PREV_DIED) && PyObject_SetAttr(lease, s_prev_died, Py_True) < 0)
-        goto fail;
+    /* Direct stores through _speedups when the Lease is its C type (see lease_api()), else setattr. */
+    const interlock_lease_api *api = lease_api();
+    if (api == NULL || api->fill_granted(lease, tok, perm, at, (mode & PREV_DIED) != 0) != 0) {
+        if (PyObject_SetAttr(lease, s_token, tok) < 0 || PyObject_SetAttr(lease, s_permits, perm) < 0
+            || PyObject_SetAttr(lease, s_acquired_at, at) < 0 || PyObject_SetAttr(lease, s_state, zero) < 0)
+            goto fail;
+        if ((mode & PREV_DIED) && PyObject_SetAttr(lease, s_prev_died, Py_True) < 0)
+            goto fail;
+    }
     rec = PyTuple_Pack(4, owner, perm, mode_s, at);
     if (rec == NULL || PyDict_SetItem(local, tok, rec) < 0)
         goto fail;

@@ -11,6 +11,8 @@ from typing import Any
 
 from ._lease import Lease
 
+_lease_api: object  # a capsule of C entry points for interlock.backends.file._fastfile (see _speedups.c)
+
 class LeaseBase:
     """The fields and finalizer of ``interlock.Lease`` in C (twin: ``interlock._lease._PyLeaseBase``)."""
 

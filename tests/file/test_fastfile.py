@@ -356,6 +356,14 @@ def spin() -> Iterator[Any]:
     ff.configure_spin(before)
 
 
+@pytest.fixture
+def yielding() -> Iterator[Any]:
+    """The C twin's yield setting, on, restored afterwards (it is process-wide)."""
+    before = ff.configure_yield(True)
+    yield ff
+    ff.configure_yield(before)
+
+
 def _sem(tag: str) -> Any:
     import _multiprocessing
 
@@ -369,20 +377,33 @@ def test_bad_spin_settings_are_refused(spin: Any) -> None:
     assert ff.configure_spin(70.0) == 50.0 and ff.configure_spin(50.0) == 70.0
 
 
-def test_interlock_file_spin_us_is_checked_before_any_io(
-    spin: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+@pytest.mark.parametrize(
+    ("var", "bad", "good"),
+    [
+        ("INTERLOCK_FILE_SPIN_US", ("fast", "-5", "1e9"), "120"),
+        ("INTERLOCK_FILE_HANDOFF_YIELD", ("yes", "2", "off"), "0"),
+    ],
+)
+def test_the_c_twin_settings_are_checked_before_any_io(
+    var: str, bad: tuple[str, ...], good: str, spin: Any, yielding: Any, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
+    """A malformed INTERLOCK_FILE_SPIN_US / INTERLOCK_FILE_HANDOFF_YIELD raises InvalidArgument naming
+    the variable before the directory is created; a good one is applied to the C twin."""
     from interlock import InvalidArgument
     from interlock.backends.file import FileBackend
 
-    for bad in ("fast", "-5", "1e9"):
-        monkeypatch.setenv("INTERLOCK_FILE_SPIN_US", bad)
-        with pytest.raises(InvalidArgument, match="INTERLOCK_FILE_SPIN_US"):
+    for value in bad:
+        monkeypatch.setenv(var, value)
+        with pytest.raises(InvalidArgument, match=var):
             FileBackend("file://" + str(tmp_path / "never"))
         assert not (tmp_path / "never").exists()
-    monkeypatch.setenv("INTERLOCK_FILE_SPIN_US", "120")
+    monkeypatch.setenv(var, good)
     FileBackend("file://" + str(tmp_path / "d")).close()
-    assert ff.configure_spin(50.0) == 120.0
+    if var == "INTERLOCK_FILE_SPIN_US":
+        assert ff.configure_spin(50.0) == 120.0
+    else:
+        assert ff.configure_yield(True) is False
 
 
 def test_a_handoff_pokes_the_new_head_only_if_it_takes_pokes(pair: Pair, spin: Any) -> None:
@@ -592,14 +613,6 @@ def test_a_pure_python_waiter_is_never_poked(tmp_path: Path, spin: Any, monkeypa
 # -- a release yields its CPU to a grantee of another process ("yielding after a handoff", _fastfile.c) --
 
 
-@pytest.fixture
-def yielding() -> Iterator[Any]:
-    """The C twin's yield setting, on, restored afterwards (it is process-wide)."""
-    before = ff.configure_yield(True)
-    yield ff
-    ff.configure_yield(before)
-
-
 def _handoff_to(pair: Pair, grantee: int, slot: int, sem: Any, box: mmap.mmap) -> None:
     t = pair.grant(5, True, P1)[0]
     pair.enqueue(5, grantee, 7, slot)
@@ -630,19 +643,3 @@ def test_configure_yield_turns_the_yield_off(pair: Pair, yielding: Any) -> None:
     before = ff.handoff_yields()
     _handoff_to(pair, P2, 0x80000003, _sem("y3"), box)
     assert ff.handoff_yields() == before
-
-
-def test_interlock_file_handoff_yield_is_checked_before_any_io(
-    yielding: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    from interlock import InvalidArgument
-    from interlock.backends.file import FileBackend
-
-    for bad in ("yes", "2", "off"):
-        monkeypatch.setenv("INTERLOCK_FILE_HANDOFF_YIELD", bad)
-        with pytest.raises(InvalidArgument, match="INTERLOCK_FILE_HANDOFF_YIELD"):
-            FileBackend("file://" + str(tmp_path / "never"))
-        assert not (tmp_path / "never").exists()
-    monkeypatch.setenv("INTERLOCK_FILE_HANDOFF_YIELD", "0")
-    FileBackend("file://" + str(tmp_path / "d")).close()
-    assert ff.configure_yield(True) is False

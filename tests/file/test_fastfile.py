@@ -96,8 +96,9 @@ class Pair:
         self.same()
 
     def release(self, token: int, proc: int, permits: int, abandoned: bool = False,
-                posts: dict[Any, Any] | None = None) -> Any:
-        r = ff.release(self.c.m, self.c.fd, token, proc, permits, abandoned, 3.5, {} if posts is None else posts)
+                posts: dict[Any, Any] | None = None, prime: Any = None) -> Any:
+        r = ff.release(self.c.m, self.c.fd, token, proc, permits, abandoned, 3.5, {} if posts is None else posts,
+                       prime)
         if r is None or r.__class__ is list:
             assert _held_by_other(self.cpath), "None/list must return with the file lock held"
             try:
@@ -436,6 +437,59 @@ def test_a_handoff_pokes_the_new_head_only_if_it_takes_pokes(pair: Pair, spin: A
     assert ff.spin_stats()[0] == sent + 1
 
 
+@pytest.mark.parametrize("prime_works", [True, False])
+def test_a_new_head_never_granted_to_is_primed_then_poked(pair: Pair, spin: Any, prime_works: bool) -> None:
+    """The Waker's cache is filled by deliveries, so in a strict rotation (A hands to B, B to C, C to A)
+    a releaser never has its new head's entry: the release asks ``prime`` for it (once), then pokes.
+    When priming finds nothing (the waiter is gone) the head is just not poked."""
+    box = mmap.mmap(-1, 4096)
+    s3, s4 = _sem("p3"), _sem("p4")
+    box[96 + BOX_SPINS] = 1
+    t = pair.grant(5, True, P1)[0]
+    pair.enqueue(5, P2, 7, 0x80000003)
+    pair.enqueue(5, P3, 8, 0x80000004)
+    posts = {(P2, 0x80000003): (box, 64, s3.release, s3.handle)}
+    asked: list[tuple[int, int]] = []
+
+    def prime(proc: int, n: int) -> None:
+        asked.append((proc, n))
+        if prime_works:
+            posts[(proc, n)] = (box, 96, s4.release, s4.handle)
+
+    sent, primes = ff.spin_stats()[0], ff.spin_stats()[5]
+    r, _, _ = pair.release(t, P1, 5, posts=posts, prime=prime)
+    assert r is True and s3.acquire(False), "the grant is delivered either way"
+    assert asked == [(P3, 0x80000004)], "only the new head, once"
+    assert ff.spin_stats()[5] == primes + 1
+    assert (box[96 + BOX_POKE] == 1) is prime_works
+    assert s4.acquire(False) is prime_works and not s4.acquire(False)
+    assert ff.spin_stats()[0] == sent + prime_works
+    # The next handoff goes to P3: delivered by C through the primed entry (else left to Python, which
+    # opens what it needs, and no poke is sent: see release()); its new head, P1, is primed in turn.
+    pair.enqueue(5, P1, 9, 0x80000005)
+    t2 = GRANT.unpack(box[64:64 + GRANT.size])[1]
+    r, _, _ = pair.release(t2, P2, 5, posts=posts, prime=prime)
+    assert (r is True) is prime_works
+    assert s4.acquire(False) is prime_works
+    assert asked == [(P3, 0x80000004)] + ([(P1, 0x80000005)] if prime_works else [])
+
+
+def test_a_prime_that_raises_is_contained(pair: Pair, spin: Any) -> None:
+    """An exception inside ``prime`` (which opens files) neither loses the grant nor escapes the
+    release: the poke is a hint, so the release still returns True and the grant is posted."""
+    box = mmap.mmap(-1, 4096)
+    s3 = _sem("r3")
+    t = pair.grant(5, True, P1)[0]
+    pair.enqueue(5, P2, 7, 0x80000003)
+    pair.enqueue(5, P3, 8, 0x80000004)
+
+    def prime(proc: int, n: int) -> None:
+        raise OSError("no such mailbox")
+
+    r, _, _ = pair.release(t, P1, 5, posts={(P2, 0x80000003): (box, 64, s3.release, s3.handle)}, prime=prime)
+    assert r is True and s3.acquire(False)
+
+
 def _wait_args(sem: Any, box: mmap.mmap, off: int, wid: int, timeout: float | None) -> tuple[Any, ...]:
     from interlock._lease import RELEASED, Lease
 
@@ -643,3 +697,54 @@ def test_configure_yield_turns_the_yield_off(pair: Pair, yielding: Any) -> None:
     before = ff.handoff_yields()
     _handoff_to(pair, P2, 0x80000003, _sem("y3"), box)
     assert ff.handoff_yields() == before
+
+
+def test_a_strict_rotation_of_processes_pokes_every_new_head(tmp_path: Path) -> None:
+    """Three processes take a lock in a strict rotation (A hands to B, B to C, C to A), each releasing
+    only once the other two are queued. A release then grants the process behind it and pokes the one
+    after, which it never grants to, so only a primed cache entry lets it poke (before Waker.prime, not
+    one poke was sent here). Every process sends a poke in each release that had a new head, and the
+    grants still follow the queue (tokens strictly increase in rotation order)."""
+    import interlock
+    from file.helpers import Child
+
+    url = "file://" + str(tmp_path / "rot")
+    lock = interlock.Lock("rot", url=url)
+    held = lock.acquire()
+    rounds = 5
+    kids = []
+    try:
+        for i in range(3):
+            c = Child(url, f"""
+                from interlock.backends.file import _fastfile as ff
+                ff.configure_spin(1e6, False)  # take every poke (no adaptive opt-out)
+                lock = interlock.Lock("rot", url=URL)
+                say("queued")
+                for r in range({rounds}):
+                    with lock as lease:
+                        deadline = time.monotonic() + 10
+                        want = 2 if r < {rounds} - 1 or {i} == 0 else {2 - i}
+                        while len(lock.statistics().waiters) < want and time.monotonic() < deadline:
+                            time.sleep(0.001)
+                        say("held", {i}, r, lease.token)
+                say("pokes", ff.spin_stats()[0], ff.spin_stats()[5])
+            """)
+            kids.append(c)
+            c.expect("queued")
+            _until(lambda n=i + 1: len(lock.statistics().waiters) == n, "queued in order")
+        held.release()
+        tokens: list[tuple[int, int, int]] = []
+        for c in kids:
+            for _ in range(rounds):
+                _, i, r, tok = c.expect("held").split()
+                tokens.append((int(tok), int(i), int(r)))
+        tokens.sort()
+        assert [i for _, i, _ in tokens] == [0, 1, 2] * rounds, "a strict rotation, in queue order"
+        for c in kids:
+            _, sent, primed = c.expect("pokes").split()
+            # Every release but the last one or two (fewer than two others left queued) had a new head.
+            assert int(sent) >= rounds - 2, f"pokes sent {sent} (primed {primed}) in {rounds} releases"
+            assert 1 <= int(primed) <= 2, "each new head is primed once"
+    finally:
+        for c in kids:
+            c.close()

@@ -82,7 +82,7 @@ _native = _load_native()  # read by each channel when it is created (tests switc
 
 def spin_limit_from_env() -> float | None:
     """``INTERLOCK_FILE_SPIN_US``: the most a waiter that became the head of its queue spins (yielding
-    the CPU) before it parks, in microseconds (0: never; default 50). See "spinning" in _fastfile.c."""
+    the CPU) before it parks, in microseconds (0: never; default 1000). See "spinning" in _fastfile.c."""
     raw = os.environ.get("INTERLOCK_FILE_SPIN_US", "").strip()
     if not raw:
         return None
@@ -93,7 +93,7 @@ def spin_limit_from_env() -> float | None:
     if not 0 <= us <= 1_000_000:  # (also rejects nan)
         raise InvalidArgument(
             f"INTERLOCK_FILE_SPIN_US={raw!r} is not a number of microseconds between 0 and 1000000; set it "
-            "to e.g. 50 (the default), or 0 to never spin, or unset it"
+            "to e.g. 1000 (the default), or 0 to never spin, or unset it"
         )
     return us
 
@@ -189,6 +189,7 @@ class FileChannel(Channel):
         # (process, slot) -> (mailbox, offset, bound sem_post): the Waker's cache, which the C release
         # delivers through (the same dict object for the life of the process, cleared after a fork).
         self._posts = backend.waker._posts
+        self._prime = backend.waker.prime  # fills that cache for a poke (see poke() in _fastfile.c)
         self._label_cache: tuple[Any, bytes] = (None, b"")
         self._watched: set[int] = set()  # peers registered with the death watcher for this channel
         self._sf = self._open_file()
@@ -894,7 +895,7 @@ class FileChannel(Channel):
             # The C twin: True/False = done (unlocked); a list = grants left to deliver, None = not
             # handled (both with the file lock held). (Few lines here: a releaser's lines before its
             # wake-up post are handoff latency.)
-            r = (c_release(sf.m, sf.fd, token, self._proc, permits, abandoned, None, self._posts)
+            r = (c_release(sf.m, sf.fd, token, self._proc, permits, abandoned, None, self._posts, self._prime)
                  if c_release is not None else None)
             if r is not True and (r is None or r.__class__ is list):
                 fd = sf.fd

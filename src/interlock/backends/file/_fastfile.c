@@ -386,18 +386,27 @@ static int deliver(PyObject *posts, uint64_t proc, uint32_t slot, const char pay
  * grantee no wake-up.
  *
  * The budget adapts, per process: twice the recent time from a poke to its grant (a moving average)
- * plus 20 us, at most spin_max_us (50 by default); none while that average exceeds it (long
+ * plus 20 us, at most spin_max_us (1000 by default); none while that average exceeds it (long
  * holds: spinning would rarely catch the grant). Waiters then stop taking pokes (BOX_SPINS), except
  * one wait in 16 that keeps the average current, so long holds cost no extra wake-up either. A waiter
  * blocked behind a long hold therefore spins at most spin_max_us once, then uses no CPU.
  *
+ * Why a cap of 1 ms, not the few tens of us a mutex spins: the wait being hidden is the permit's whole
+ * idle time between holders, on every contended grant, and on this kind of VM a wake-up that lands on
+ * a halted vCPU costs 30-60 us, not 10. The head of a queue whose holders hold for a few hundred us
+ * (the forced handoff and the 3-permit semaphore of benchmarks/bench_process.py: head waits of 100-600
+ * us) waits awake and takes its grant with no wake-up; measured there, the handoff fell from 3.4-4.2x
+ * posix_ipc to 1.0-2.0x and the semaphore rose to parity (docs/file-backend.md). The price is the
+ * head's CPU while it waits (a yielding spin: any runnable task goes first), one spinner per queue
+ * head; a smaller INTERLOCK_FILE_SPIN_US trades that back for latency.
+ *
  * Pokes are hints: a lost, late or stale one (the slot reused by a later wait) costs at most one
  * spin, never a wrong grant. The grant itself still travels only through the mailbox and its id. */
-static double spin_max_us = 50.0;  /* configure_spin(), INTERLOCK_FILE_SPIN_US; 0: never spin */
+static double spin_max_us = 1000.0;  /* configure_spin(), INTERLOCK_FILE_SPIN_US; 0: never spin */
 #define SPIN_MAX (spin_max_us * 1e-6)  /* in seconds, like every time here */
 static double head_wait = 0.0;     /* moving average of poke -> grant (seconds), GIL-protected */
 static int spin_adaptive = 1;     /* 0 (tests): the budget is SPIN_MAX */
-static unsigned long long n_pokes_sent, n_pokes, n_spin_grants, n_spin_parks;  /* for tests and profiles */
+static unsigned long long n_pokes_sent, n_pokes, n_spin_grants, n_spin_parks, n_primes;  /* for tests, profiles */
 static unsigned n_waits;
 
 /* -- yielding after a handoff ----------------------------------------------------------------------
@@ -428,14 +437,28 @@ static double spin_budget(void)
     return b < max ? b : max;
 }
 
-/* Tell waiter (proc, slot) that it is now the head of its queue. Skipped (0) when its slot is not in
- * the Waker's cache or its waiter does not take pokes. -1 only with an unexpected exception. */
-static int poke(PyObject *posts, uint64_t proc, uint32_t slot)
+/* Tell waiter (proc, slot) that it is now the head of its queue. Skipped (0) when its waiter does not
+ * take pokes, or when its slot is not in the Waker's cache and ``prime`` (Waker.prime, or None) cannot
+ * put it there. -1 only with an unexpected exception.
+ *
+ * The cache is filled by deliveries, so without ``prime`` a releaser would never poke a waiter it has
+ * never granted to; in a strict rotation (A hands to B, B to C, C to A) that is every poke: A's new
+ * head is always C. Priming opens the waiter's mailbox and semaphore once (after the unlock and the
+ * grants' posts, so no grantee waits for it); later pokes of that slot are one dict lookup. */
+static int poke(PyObject *posts, PyObject *prime, uint64_t proc, uint32_t slot)
 {
     Py_buffer mb;
     Py_ssize_t off;
     int status;
     PyObject *t = cached_box(posts, proc, slot, BOX_LEN, &mb, &off, &status);
+    if (t == NULL && status == 0 && prime != NULL && prime != Py_None) {
+        PyObject *r = PyObject_CallFunction(prime, "KI", (unsigned long long)proc, (unsigned)slot);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+        n_primes++;
+        t = cached_box(posts, proc, slot, BOX_LEN, &mb, &off, &status);
+    }
     if (t == NULL)
         return status;
     int r = 0;
@@ -455,8 +478,9 @@ static int poke(PyObject *posts, uint64_t proc, uint32_t slot)
 }
 
 PyDoc_STRVAR(release_doc,
-"release(m, fd, token, proc, permits, abandoned, now, posts) -> True | False | list | None\n\n"
-"(now: the monotonic time that stamps the grants of a handoff, None: read the clock if needed)\n"
+"release(m, fd, token, proc, permits, abandoned, now, posts, prime=None) -> True | False | list | None\n\n"
+"(now: the monotonic time that stamps the grants of a handoff, None: read the clock if needed;\n"
+"prime: Waker.prime, which caches a waiter's mailbox and semaphore for a poke, see poke())\n"
 "flock + StateFile.release_locked (full release) with delivery through ``posts`` + unlock; a list\n"
 "(grants left to deliver) and None (not handled) return with the file lock HELD.");
 
@@ -471,10 +495,11 @@ typedef struct {
 
 static PyObject *ff_release(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 8) {
-        PyErr_SetString(PyExc_TypeError, "release() takes 8 arguments");
+    if (nargs != 8 && nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "release() takes 8 or 9 arguments");
         return NULL;
     }
+    PyObject *prime = nargs == 9 ? args[8] : NULL;
     int fd = (int)PyLong_AsLong(args[1]);
     unsigned long long token = PyLong_AsUnsignedLongLong(args[2]);
     unsigned long long proc = PyLong_AsUnsignedLongLong(args[3]);
@@ -643,7 +668,7 @@ static PyObject *ff_release(PyObject *self, PyObject *const *args, Py_ssize_t na
     if (left != NULL)
         return left;  /* lock held: the caller delivers these, then unlocks (no poke: a hint) */
     /* After the unlock: a poke is off every grantee's path, so it may be late (then stale: harmless). */
-    if (poke_head && poke(posts, head_proc, head_slot) < 0)
+    if (poke_head && poke(posts, prime, head_proc, head_slot) < 0)
         PyErr_Clear();
     if (woke_other && yield_after) {  /* see "yielding after a handoff" */
         n_yields++;
@@ -985,7 +1010,7 @@ fail:
 PyDoc_STRVAR(configure_spin_doc,
 "configure_spin(max_us, adaptive=True) -> previous max_us\n\n"
 "The most a poked head-of-queue waiter of this process spins before it parks (microseconds; 0: never;\n"
-"the default 50; FileBackend applies INTERLOCK_FILE_SPIN_US). adaptive=False (tests): always spin\n"
+"the default 1000; FileBackend applies INTERLOCK_FILE_SPIN_US). adaptive=False (tests): always spin\n"
 "max_us. Resets the moving average. See the module's \"spinning\" comment.");
 
 static PyObject *ff_configure_spin(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -1035,12 +1060,14 @@ static PyObject *ff_handoff_yields(PyObject *self, PyObject *unused)
 }
 
 PyDoc_STRVAR(spin_stats_doc,
-"spin_stats() -> (pokes_sent, pokes_taken, grants_while_spinning, spins_then_parked, head_wait_us)\n\n"
+"spin_stats() -> (pokes_sent, pokes_taken, grants_while_spinning, spins_then_parked, head_wait_us,\n"
+"primes)\n\n"
 "Counters of this process since it started (for tests and profiles).");
 
 static PyObject *ff_spin_stats(PyObject *self, PyObject *unused)
 {
-    return Py_BuildValue("(KKKKd)", n_pokes_sent, n_pokes, n_spin_grants, n_spin_parks, head_wait * 1e6);
+    return Py_BuildValue("(KKKKdK)", n_pokes_sent, n_pokes, n_spin_grants, n_spin_parks, head_wait * 1e6,
+                         n_primes);
 }
 
 static PyMethodDef methods[] = {

@@ -439,31 +439,49 @@ class Waker:
         except OSError:
             self._conns.pop(key, None)  # the receiver closed: it is gone (see above)
 
-    def _post(self, proc: int, n: int, payload: bytes) -> None:
+    def prime(self, proc: int, n: int) -> None:
+        """Cache what a poke of semaphore slot ``n`` of process ``proc`` needs (its ``_posts`` entry),
+        posting nothing. The C release calls this when it pokes a head of the queue it has never granted
+        to (only deliveries fill the cache otherwise). Never raises for a waiter that is gone."""
+        if n & SEM_FLAG and (proc, n) not in self._posts:
+            self._entry(proc, n)
+
+    def _entry(self, proc: int, n: int) -> Any:
+        """The semaphore of slot ``n`` of ``proc`` (opened once), with its ``_posts`` entry cached when
+        the mailbox can be opened; None if the waiter is gone."""
         key = (proc, n)
         sem = self._sems.get(key)
         if sem is None:
             try:
                 sem = _SemLock._rebuild(0, 1, _SEM_MAX, sem_name(proc, n))
             except OSError:
-                return  # gone (see wake())
+                return None  # gone (see wake())
             sems = self._sems
             if len(sems) >= self.MAX_CONNECTED:
                 sems.pop(next(iter(sems)), None)
             sems[key] = sem
-        if payload:
+        posts = self._posts
+        if key not in posts:
             mbox = self._mboxes.get(proc)
             if mbox is None:
                 mbox = self._open_mbox(proc)
             index = n & ~SEM_FLAG
             if mbox is not None and index < MBOX_SLOTS:
-                off = index * MBOX_SLOT
-                mbox[off + 8:off + GRANT_LEN] = payload[8:]  # the waiter id last (see wake())
-                mbox[off:off + 8] = payload[:8]
-                posts = self._posts
                 if len(posts) >= self.MAX_CONNECTED:
                     posts.pop(next(iter(posts)), None)
-                posts[key] = (mbox, off, sem.release, sem.handle)  # (the C release posts the handle)
+                posts[key] = (mbox, index * MBOX_SLOT, sem.release, sem.handle)  # (the C release posts the handle)
+        return sem
+
+    def _post(self, proc: int, n: int, payload: bytes) -> None:
+        sem = self._entry(proc, n)
+        if sem is None:
+            return
+        if payload:
+            t = self._posts.get((proc, n))
+            if t is not None:
+                mbox, off = t[0], t[1]
+                mbox[off + 8:off + GRANT_LEN] = payload[8:]  # the waiter id last (see wake())
+                mbox[off:off + 8] = payload[:8]
         try:
             sem.release()
         except (OSError, ValueError):

@@ -613,12 +613,40 @@ def test_after_long_head_waits_waiters_stop_taking_pokes_but_one_in_16(spin: Any
     t.join(10)
     assert out == [args[6]]
     args[6]._state = 1
-    assert ff.spin_stats()[4] > 50.0
+    # The first sample (over 5 ms) seeds the average, counted as at most twice the cap (not 1/8 of it).
+    assert ff.spin_stats()[4] == pytest.approx(100.0)
     takes = []
     for _ in range(32):
         assert ff.wait(*_wait_args(sem, box, 160, 16, 0.0)) is False
         takes.append(box[160 + BOX_SPINS])
     assert sum(takes) == 2, takes
+
+
+def test_one_long_head_wait_does_not_stop_the_spinning(spin: Any) -> None:
+    """A sample counts at most twice the cap in the moving average: after short head waits, one wait
+    of ten caps (a holder the host preempted, say) leaves the average under the cap, so the next wait
+    still takes pokes. (Counted in full it would lift the average over the cap, 0.5 + 99.5 / 8 ms.)"""
+    import time
+
+    ff.configure_spin(10_000.0)  # a 10 ms cap: the short waits below stay far under it on any machine
+
+    def one_wait(wid: int, hold: float) -> None:
+        sem, box, args, _, t, out = _start_poked_wait(f"long{wid}", 192, wid)
+        time.sleep(hold)
+        box[192:192 + GRANT.size] = GRANT.pack(wid, 500 + wid, 1, MODES["permits"])
+        sem.release()
+        t.join(10)
+        assert out == [args[6]]
+        args[6]._state = 1
+
+    one_wait(40, 0.0)
+    short = ff.spin_stats()[4]
+    assert short < 5_000.0, "a short first wait seeds the average"
+    one_wait(41, 0.1)  # ten caps
+    assert short < ff.spin_stats()[4] <= short + (20_000.0 - short) / 8 + 1e-6
+    sem, box = _sem("long42"), mmap.mmap(-1, 4096)
+    assert ff.wait(*_wait_args(sem, box, 192, 42, 0.0)) is False
+    assert box[192 + BOX_SPINS] == 1, "the next wait still takes pokes"
 
 
 def test_a_pure_python_waiter_is_never_poked(tmp_path: Path, spin: Any, monkeypatch: pytest.MonkeyPatch) -> None:

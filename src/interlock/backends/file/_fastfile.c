@@ -385,8 +385,8 @@ static int deliver(PyObject *posts, uint64_t proc, uint32_t slot, const char pay
  * the releaser no system call (glibc's sem_post skips the futex wake when nobody sleeps) and the
  * grantee no wake-up.
  *
- * The budget adapts, per process: twice the recent time from a poke to its grant (a moving average)
- * plus 20 us, at most spin_max_us (1000 by default); none while that average exceeds it (long
+ * The budget adapts, per process: twice the recent time from a poke to its grant (a moving average,
+ * seeded by the first one; the cap until then) plus 20 us, at most spin_max_us (1000 by default); none while that average exceeds it (long
  * holds: spinning would rarely catch the grant). Waiters then stop taking pokes (BOX_SPINS), except
  * one wait in 16 that keeps the average current, so long holds cost no extra wake-up either. A waiter
  * blocked behind a long hold therefore spins at most spin_max_us once, then uses no CPU.
@@ -405,6 +405,8 @@ static int deliver(PyObject *posts, uint64_t proc, uint32_t slot, const char pay
 static double spin_max_us = 1000.0;  /* configure_spin(), INTERLOCK_FILE_SPIN_US; 0: never spin */
 #define SPIN_MAX (spin_max_us * 1e-6)  /* in seconds, like every time here */
 static double head_wait = 0.0;     /* moving average of poke -> grant (seconds), GIL-protected */
+static unsigned long long head_waits;  /* samples in it: the first one seeds it (an average that starts
+                                          at 0 would keep a new process's first waits from spinning) */
 static int spin_adaptive = 1;     /* 0 (tests): the budget is SPIN_MAX */
 static unsigned long long n_pokes_sent, n_pokes, n_spin_grants, n_spin_parks, n_primes;  /* for tests, profiles */
 static unsigned n_waits;
@@ -429,8 +431,8 @@ static unsigned long long n_yields;    /* for tests and profiles */
 static double spin_budget(void)
 {
     double max = SPIN_MAX;
-    if (!spin_adaptive || max <= 0.0)
-        return max;
+    if (!spin_adaptive || max <= 0.0 || head_waits == 0)
+        return max;  /* (no sample yet: one spin of at most the cap finds out) */
     if (head_wait > max)
         return 0.0;
     double b = 2.0 * head_wait + 20e-6;
@@ -667,13 +669,16 @@ static PyObject *ff_release(PyObject *self, PyObject *const *args, Py_ssize_t na
         PyMem_Free(g);
     if (left != NULL)
         return left;  /* lock held: the caller delivers these, then unlocks (no poke: a hint) */
-    /* After the unlock: a poke is off every grantee's path, so it may be late (then stale: harmless). */
-    if (poke_head && poke(posts, prime, head_proc, head_slot) < 0)
-        PyErr_Clear();
+    /* The yield first, then the poke: a grantee queued on this CPU runs before the poke's futex wake
+     * (a system call, and often an IPI), which is off every grantee's path. The poked head waits for
+     * the next release, so a poke later by the grantee's run is still early (and a stale one is
+     * harmless: a hint). */
     if (woke_other && yield_after) {  /* see "yielding after a handoff" */
         n_yields++;
         sched_yield();
     }
+    if (poke_head && poke(posts, prime, head_proc, head_slot) < 0)
+        PyErr_Clear();
     Py_RETURN_TRUE;
 
 not_handled:
@@ -925,7 +930,13 @@ static PyObject *ff_wait(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         }
     }
     if (poked_at >= 0) {
-        head_wait += (mono() - poked_at - head_wait) * 0.125;
+        /* A sample counts at most twice the cap: one long wait (a holder preempted by the host, say)
+         * then lifts the average by at most a quarter of the cap, instead of stopping the spinning for
+         * the next hundred waits; long holds still take the average above the cap. */
+        double sample = mono() - poked_at;
+        if (sample > 2.0 * SPIN_MAX)
+            sample = 2.0 * SPIN_MAX;
+        head_wait = head_waits++ ? head_wait + (sample - head_wait) * 0.125 : sample;
     }
     else if (__atomic_exchange_n(box + BOX_POKE, (unsigned char)0, __ATOMIC_ACQ_REL)) {
         /* A poke raced with this grant (both posted before this wait ran): take its post too, so the
@@ -1033,6 +1044,7 @@ static PyObject *ff_configure_spin(PyObject *self, PyObject *const *args, Py_ssi
     spin_max_us = us;
     spin_adaptive = adaptive;
     head_wait = 0.0;
+    head_waits = 0;
     return PyFloat_FromDouble(old);
 }
 

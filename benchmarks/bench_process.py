@@ -17,7 +17,9 @@ Scenarios (the method follows shared/reference/perf-baseline.md):
   share of acquisitions handed to a process that was already waiting (1.0 = FIFO), correctness (counter
   exact, no overlapping holds).
 * ``semaphore``: 8 processes, 3 permits, critical section = sleep 200 us; acq/s (target >= 1.0 x
-  posix_ipc), acquire wait, maximum holders seen (a guard counter under an extra lock, and a sweep over
+  posix_ipc), acquire wait, CPU per acquisition (``time.process_time`` of each process over its loop:
+  every thread, so a head waiter that waits awake is counted, and the harness's own work), maximum
+  holders seen (a guard counter under an extra lock, and a sweep over
   the logged intervals). Next to posix_ipc runs the "FIFO floor" with 3 permits.
 * The "FIFO floor" peer (``handoff`` and ``semaphore``) is ``benchmarks/fifo_floor.c``, compiled with
   ``cc -O2 -shared -fPIC`` into a temporary directory once per run and called through ctypes (which, like
@@ -39,7 +41,7 @@ Scenarios (the method follows shared/reference/perf-baseline.md):
   the waiter's grant ("never" = not within the cap).
 * ``idle``: CPU time a waiter burns while blocked for 1 s behind a holder.
 
-Run: ``python benchmarks/bench_process.py`` (about 3 minutes; ``--quick`` for a smoke run).
+Run: ``python benchmarks/bench_process.py`` (about 4 minutes; ``--quick`` for a smoke run).
 Needs ``pip install filelock fasteners portalocker posix_ipc`` and a C compiler for the FIFO floor (missing
 peers are skipped).
 """
@@ -625,11 +627,14 @@ def scenario_tight(reps: int, quota: int) -> str:
 # scenario: semaphore, 8 processes, 3 permits, 200 us critical section
 
 
-def _sem(i: int, impl: Impl, quota: int, guard: Any, sh: Shared, start: Any) -> list[tuple[int, int, int]]:
+def _sem(
+    i: int, impl: Impl, quota: int, guard: Any, sh: Shared, start: Any,
+) -> tuple[list[tuple[int, int, int]], float]:
     acq, rel = impl.open()
     log = []
     now = time.perf_counter_ns
     _ready(acq, rel, start)
+    cpu0 = time.process_time()  # this process, all its threads (a spinning head waiter included)
     for _ in range(quota):
         t0 = now()
         acq()
@@ -644,7 +649,7 @@ def _sem(i: int, impl: Impl, quota: int, guard: Any, sh: Shared, start: Any) -> 
         t2 = now()
         rel()
         log.append((t0, t1, t2))
-    return log
+    return log, time.process_time() - cpu0
 
 
 def scenario_semaphore(reps: int, quota: int) -> str:
@@ -676,7 +681,8 @@ def scenario_semaphore(reps: int, quota: int) -> str:
                     logs = run_children(nproc, _sem, (impl, quota, guard, sh, start), 120)
                 finally:
                     impl.close()
-                ev = [e for log in logs if isinstance(log, list) for e in log]
+                ev = [e for log in logs if isinstance(log, tuple) for e in log[0]]
+                cpu = sum(log[1] for log in logs if isinstance(log, tuple))
                 span = (max(e[2] for e in ev) - min(e[1] for e in ev)) * NS
                 pts = sorted([(e[1], 1) for e in ev] + [(e[2], -1) for e in ev], key=lambda p: (p[0], p[1]))
                 cur = peak = 0
@@ -685,7 +691,8 @@ def scenario_semaphore(reps: int, quota: int) -> str:
                     peak = max(peak, cur)
                 waits = [(e[1] - e[0]) / 1000 for e in ev]
                 dd = per.setdefault(impl.label, {"acqs": [], "wmed": [], "wmean": [], "wp99": [], "log": [],
-                                                 "guard": [], "x": []})
+                                                 "guard": [], "x": [], "cpu": []})
+                dd["cpu"].append(cpu / len(ev) * 1e6)
                 rep_acqs[impl.label] = len(ev) / span
                 dd["acqs"].append(len(ev) / span)
                 dd["wmed"].append(statistics.median(waits))
@@ -701,13 +708,14 @@ def scenario_semaphore(reps: int, quota: int) -> str:
     rows = [[k, fmt(statistics.median(d["acqs"]), 0), fmt(statistics.median(d["x"]), 2) if d["x"] else "-",
              f"{fmt(statistics.median(d['wmed']))} / {fmt(statistics.median(d['wmean']))} / "
              f"{fmt(statistics.median(d['wp99']))}",
+             fmt(statistics.median(d["cpu"])),
              f"{max(d['log']):.0f} / {max(d['guard']):.0f}",
              "ok" if max(d["log"]) <= permits and max(d["guard"]) <= permits else "VIOLATION"]
             for k, d in per.items()]
     return (f"### semaphore: {nproc} processes, {permits} permits, {nproc * quota} acquisitions, critical section "
             f"= sleep 200 us ({reps} reps)\n\n"
             + table(["impl", "acq/s", "x posix_ipc", "acquire wait median / mean / p99 us",
-                     "max holders (log / guard)", f"<= {permits}"], rows))
+                     "CPU us per acquisition", "max holders (log / guard)", f"<= {permits}"], rows))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -847,11 +855,11 @@ def main() -> None:
     if want("uncontended"):
         print(scenario_uncontended(1 if q else 5, 500 if q else 2000), end="\n\n", flush=True)
     if want("handoff"):
-        print(scenario_handoff(1 if q else 3, 50 if q else 400, 3.0 if q else 6.0), end="\n\n", flush=True)
+        print(scenario_handoff(1 if q else 5, 50 if q else 400, 3.0 if q else 6.0), end="\n\n", flush=True)
     if want("tight"):
         print(scenario_tight(1 if q else 3, 100 if q else 500), end="\n\n", flush=True)
     if want("semaphore"):
-        print(scenario_semaphore(1 if q else 3, 30 if q else 250), end="\n\n", flush=True)
+        print(scenario_semaphore(1 if q else 5, 30 if q else 250), end="\n\n", flush=True)
     if want("recovery"):
         print(scenario_recovery(1 if q else 3, 2.0 if q else 3.0), end="\n\n", flush=True)
     print(f"(total {time.monotonic() - t0:.0f} s)")

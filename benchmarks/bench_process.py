@@ -40,6 +40,9 @@ Scenarios (the method follows shared/reference/perf-baseline.md):
 * ``recovery``: a holder is SIGKILLed 0.3-0.6 s after a waiter blocked behind it; time from the kill to
   the waiter's grant ("never" = not within the cap).
 * ``idle``: CPU time a waiter burns while blocked for 1 s behind a holder.
+* After each scenario: the share of CPU time the hypervisor took from this VM (steal, from /proc/stat)
+  while it ran; on a shared host it slows every implementation, not alike, so runs with much steal are
+  not comparable with quiet ones.
 
 Run: ``python benchmarks/bench_process.py`` (about 4 minutes; ``--quick`` for a smoke run).
 Needs ``pip install filelock fasteners portalocker posix_ipc`` and a C compiler for the FIFO floor (missing
@@ -827,6 +830,28 @@ def scenario_recovery(reps: int, cap: float) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+def _cpu_ticks() -> list[int] | None:
+    """The machine's CPU time counters (/proc/stat "cpu" line: user nice system idle iowait irq softirq
+    steal ...), or None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def _steal_note(before: list[int] | None) -> str:
+    """The share of CPU time the hypervisor took from this VM (steal) since ``before``: on a shared host
+    it slows every implementation, but not alike (a handoff that waits for a preempted vCPU pays most),
+    so figures of runs with much steal are not comparable with quiet ones."""
+    after = _cpu_ticks()
+    if before is None or after is None or len(after) < 8:
+        return ""
+    d = [b - a for a, b in zip(before, after, strict=False)]
+    total = sum(d[:8])
+    return f"(host steal during this scenario: {100 * d[7] / total:.0f} % of CPU time)\n\n" if total else ""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small numbers, one rep (smoke test)")
@@ -852,16 +877,18 @@ def main() -> None:
             print(f"#   {mod} missing")
     print()
     t0 = time.monotonic()
-    if want("uncontended"):
-        print(scenario_uncontended(1 if q else 5, 500 if q else 2000), end="\n\n", flush=True)
-    if want("handoff"):
-        print(scenario_handoff(1 if q else 5, 50 if q else 400, 3.0 if q else 6.0), end="\n\n", flush=True)
-    if want("tight"):
-        print(scenario_tight(1 if q else 3, 100 if q else 500), end="\n\n", flush=True)
-    if want("semaphore"):
-        print(scenario_semaphore(1 if q else 5, 30 if q else 250), end="\n\n", flush=True)
-    if want("recovery"):
-        print(scenario_recovery(1 if q else 3, 2.0 if q else 3.0), end="\n\n", flush=True)
+    scenarios: list[tuple[str, Callable[[], str]]] = [
+        ("uncontended", lambda: scenario_uncontended(1 if q else 5, 500 if q else 2000)),
+        ("handoff", lambda: scenario_handoff(1 if q else 5, 50 if q else 400, 3.0 if q else 6.0)),
+        ("tight", lambda: scenario_tight(1 if q else 3, 100 if q else 500)),
+        ("semaphore", lambda: scenario_semaphore(1 if q else 5, 30 if q else 250)),
+        ("recovery", lambda: scenario_recovery(1 if q else 3, 2.0 if q else 3.0)),
+    ]
+    for name, run in scenarios:
+        if want(name):
+            ticks = _cpu_ticks()
+            print(run(), end="\n\n", flush=True)
+            print(_steal_note(ticks), end="", flush=True)
     print(f"(total {time.monotonic() - t0:.0f} s)")
 
 

@@ -490,6 +490,26 @@ def test_a_prime_that_raises_is_contained(pair: Pair, spin: Any) -> None:
     assert r is True and s3.acquire(False)
 
 
+def test_an_interrupt_inside_prime_is_not_swallowed(pair: Pair, spin: Any) -> None:
+    """A KeyboardInterrupt raised while ``prime`` runs (a signal handler runs in any Python code) goes
+    on to the caller of the release, which is complete: the grant is committed and posted."""
+    box = mmap.mmap(-1, 4096)
+    s3 = _sem("i3")
+    t = pair.grant(5, True, P1)[0]
+    pair.enqueue(5, P2, 7, 0x80000003)
+    pair.enqueue(5, P3, 8, 0x80000004)
+
+    def prime(proc: int, n: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ff.release(pair.c.m, pair.c.fd, t, P1, 5, False, 3.5, {(P2, 0x80000003): (box, 64, s3.release, s3.handle)},
+                   prime)
+    assert not _held_by_other(pair.cpath), "the file lock is free"
+    assert s3.acquire(False), "the grant was posted"
+    assert GRANT.unpack(box[64:64 + GRANT.size])[0] == 7, "to its waiter"
+
+
 def _wait_args(sem: Any, box: mmap.mmap, off: int, wid: int, timeout: float | None) -> tuple[Any, ...]:
     from interlock._lease import RELEASED, Lease
 

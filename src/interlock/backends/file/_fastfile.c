@@ -394,11 +394,10 @@ static int deliver(PyObject *posts, uint64_t proc, uint32_t slot, const char pay
  * Why a cap of 1 ms, not the few tens of us a mutex spins: the wait being hidden is the permit's whole
  * idle time between holders, on every contended grant, and on this kind of VM a wake-up that lands on
  * a halted vCPU costs 30-60 us, not 10. The head of a queue whose holders hold for a few hundred us
- * (the forced handoff and the 3-permit semaphore of benchmarks/bench_process.py: head waits of 100-600
- * us) waits awake and takes its grant with no wake-up; measured there, the handoff fell from 3.4-4.2x
- * posix_ipc to 1.0-2.0x and the semaphore rose to parity (docs/file-backend.md). The price is the
- * head's CPU while it waits (a yielding spin: any runnable task goes first), one spinner per queue
- * head; a smaller INTERLOCK_FILE_SPIN_US trades that back for latency.
+ * (the forced handoff and the 3-permit semaphore of benchmarks/bench_process.py, whose heads wait
+ * 100-600 us on a quiet VM) then waits awake and takes its grant with no wake-up (figures in
+ * docs/file-backend.md). The price is the head's CPU while it waits (a yielding spin: any runnable
+ * task goes first), one spinner per queue head; a smaller INTERLOCK_FILE_SPIN_US trades it back.
  *
  * Pokes are hints: a lost, late or stale one (the slot reused by a later wait) costs at most one
  * spin, never a wrong grant. The grant itself still travels only through the mailbox and its id. */
@@ -677,8 +676,14 @@ static PyObject *ff_release(PyObject *self, PyObject *const *args, Py_ssize_t na
         n_yields++;
         sched_yield();
     }
-    if (poke_head && poke(posts, prime, head_proc, head_slot) < 0)
+    if (poke_head && poke(posts, prime, head_proc, head_slot) < 0) {
+        /* A poke is a hint: its errors are dropped, except an interrupt raised by a signal handler
+         * while prime ran Python code (KeyboardInterrupt, SystemExit), which goes on to the caller;
+         * the release itself is complete. */
+        if (!PyErr_ExceptionMatches(PyExc_Exception))
+            return NULL;
         PyErr_Clear();
+    }
     Py_RETURN_TRUE;
 
 not_handled:

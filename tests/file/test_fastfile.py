@@ -755,8 +755,8 @@ def test_a_strict_rotation_of_processes_pokes_every_new_head(tmp_path: Path) -> 
         for i in range(3):
             c = Child(url, f"""
                 from interlock.backends.file import _fastfile as ff
-                ff.configure_spin(1e6, False)  # take every poke (no adaptive opt-out)
-                lock = interlock.Lock("rot", url=URL)
+                lock = interlock.Lock("rot", url=URL)  # (its backend applies INTERLOCK_FILE_SPIN_US, if set)
+                ff.configure_spin(1e6, False)  # then: take every poke (no adaptive opt-out)
                 say("queued")
                 for r in range({rounds}):
                     with lock as lease:

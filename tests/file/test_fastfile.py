@@ -641,7 +641,9 @@ def test_one_long_head_wait_does_not_stop_the_spinning(spin: Any) -> None:
     ff.configure_spin(10_000.0)  # a 10 ms cap: the short waits below stay far under it on any machine
 
     def one_wait(wid: int, hold: float) -> None:
-        sem, box, args, _, t, out = _start_poked_wait(f"long{wid}", 192, wid)
+        sem, box, args, before, t, out = _start_poked_wait(f"long{wid}", 192, wid)
+        # (The poke taken before the grant is written: a grant found with it would end the wait unmeasured.)
+        _until(lambda: ff.spin_stats()[1] == before[1] + 1, "the poke is taken")
         time.sleep(hold)
         box[192:192 + GRANT.size] = GRANT.pack(wid, 500 + wid, 1, MODES["permits"])
         sem.release()
@@ -786,3 +788,35 @@ def test_a_strict_rotation_of_processes_pokes_every_new_head(tmp_path: Path) -> 
     finally:
         for c in kids:
             c.close()
+
+
+def test_waker_prime_caches_a_peer_slot_once_and_never_evicts(tmp_path: Path) -> None:
+    """Waker.prime opens a peer's mailbox and slot semaphore into the poke cache, posting nothing; a
+    second call opens nothing; with the cache full it adds nothing (no eviction for a hint); a peer
+    that is gone is ignored."""
+    from interlock.backends.file import FileBackend
+
+    url = "file://" + str(tmp_path / "prime")
+    a, b = FileBackend(url), FileBackend(url)  # two process records in one directory, as two processes
+    try:
+        proc = a.proc_id()
+        slot = a.take_slot()
+        waker = b.waker
+        waker.prime(proc, slot.n)
+        entry = waker._posts[(proc, slot.n)]
+        assert entry[1] == (slot.n & ~0x80000000) * 32, "the slot's offset in the peer's mailbox"
+        assert not slot.sem.acquire(False), "priming posts nothing"
+        waker.prime(proc, slot.n)
+        assert waker._posts[(proc, slot.n)] is entry, "cached once"
+        waker.prime(proc + 1, 0x80000001)  # no such process: ignored
+        assert (proc + 1, 0x80000001) not in waker._posts
+        del waker._posts[(proc, slot.n)]
+        filler = {(i, 0x80000000 | i): entry for i in range(1, waker.MAX_CONNECTED + 1)}
+        waker._posts.update(filler)
+        waker.prime(proc, slot.n)
+        assert (proc, slot.n) not in waker._posts, "a full cache gets no new entry"
+        assert len(waker._posts) == waker.MAX_CONNECTED, "and loses none"
+        a.give_slot(slot)
+    finally:
+        b.close()
+        a.close()

@@ -442,8 +442,11 @@ class Waker:
     def prime(self, proc: int, n: int) -> None:
         """Cache what a poke of semaphore slot ``n`` of process ``proc`` needs (its ``_posts`` entry),
         posting nothing. The C release calls this when it pokes a head of the queue it has never granted
-        to (only deliveries fill the cache otherwise). Never raises for a waiter that is gone."""
-        if n & SEM_FLAG and (proc, n) not in self._posts:
+        to (only deliveries fill the cache otherwise). Never raises for a waiter that is gone. A full
+        cache is left alone: a poke is a hint, not worth evicting an entry a delivery will use (with
+        more peers than the cache holds, priming would open files on every release)."""
+        posts = self._posts
+        if n & SEM_FLAG and (proc, n) not in posts and len(posts) < self.MAX_CONNECTED:
             self._entry(proc, n)
 
     def _entry(self, proc: int, n: int) -> Any:

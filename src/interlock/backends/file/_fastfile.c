@@ -386,10 +386,11 @@ static int deliver(PyObject *posts, uint64_t proc, uint32_t slot, const char pay
  * grantee no wake-up.
  *
  * The budget adapts, per process: twice the recent time from a poke to its grant (a moving average,
- * seeded by the first one; the cap until then) plus 20 us, at most spin_max_us (1000 by default); none while that average exceeds it (long
- * holds: spinning would rarely catch the grant). Waiters then stop taking pokes (BOX_SPINS), except
- * one wait in 16 that keeps the average current, so long holds cost no extra wake-up either. A waiter
- * blocked behind a long hold therefore spins at most spin_max_us once, then uses no CPU.
+ * seeded by the first one; the cap until then) plus 20 us, at most spin_max_us (1000 by default);
+ * none while that average exceeds it (long holds: spinning would rarely catch the grant). Waiters
+ * then stop taking pokes (BOX_SPINS), except one wait in 16 that keeps the average current, so long
+ * holds cost no extra wake-up either. A waiter blocked behind a long hold therefore spins at most
+ * spin_max_us once, then uses no CPU.
  *
  * Why a cap of 1 ms, not the few tens of us a mutex spins: the wait being hidden is the permit's whole
  * idle time between holders, on every contended grant, and on this kind of VM a wake-up that lands on
@@ -448,6 +449,7 @@ static double spin_budget(void)
  * grants' posts, so no grantee waits for it); later pokes of that slot are one dict lookup. */
 static int poke(PyObject *posts, PyObject *prime, uint64_t proc, uint32_t slot)
 {
+    /* (n_primes counts the calls of prime, whatever they found) */
     Py_buffer mb;
     Py_ssize_t off;
     int status;

@@ -150,7 +150,7 @@ class _MemoryChannelBase(Channel):
         if not self._owned:
             return
         with self._mutex:
-            dead = [tok for tok, rec in self.holders.items() if rec[0] is owner]
+            dead = [tok for tok, rec in list(self.holders.items()) if rec[0] is owner]  # a snapshot (one C call)
             for tok in dead:
                 rec = self.holders.pop(tok)
                 self.available += rec[1]

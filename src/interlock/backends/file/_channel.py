@@ -842,7 +842,11 @@ class FileChannel(Channel):
         if not self._owned:
             return
         with self._mutex:
-            toks = [t for t, rec in self._local.items() if rec[0] is owner]
+            # list(): one C call, so a snapshot. The C wait records a grant in _local without this
+            # mutex (see _wait_native), and a comprehension over the live view can yield the GIL to it
+            # mid-way: "dictionary changed size during iteration" (seen in CI), and the ended thread's
+            # locks would not be returned.
+            toks = [t for t, rec in list(self._local.items()) if rec[0] is owner]
             if not toks or self._sf is None:
                 return
             for t in toks:

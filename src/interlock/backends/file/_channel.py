@@ -160,7 +160,9 @@ class FileChannel(Channel):
     * ``_local`` maps token -> (owner, permits, mode, acquired_at) for every grant of this process
       that a Lease was handed out for and that was not released; the state file has a holder record
       for each of them with this process's id (a grant is committed to the state before it is
-      delivered to a waiter, so a waiter never holds a grant the state does not show).
+      delivered to a waiter, so a waiter never holds a grant the state does not show). One writer
+      does not take ``_mutex``: the C wait (``_wait_native``) adds its grant with a single dict store
+      under the GIL. So code iterating over ``_local`` takes a ``list()`` snapshot first.
     * ``_sf`` is None only after a fork (reopened on next use); ``_proc`` is 0 only then too.
     """
 
@@ -842,10 +844,8 @@ class FileChannel(Channel):
         if not self._owned:
             return
         with self._mutex:
-            # list(): one C call, so a snapshot. The C wait records a grant in _local without this
-            # mutex (see _wait_native), and a comprehension over the live view can yield the GIL to it
-            # mid-way: "dictionary changed size during iteration" (seen in CI), and the ended thread's
-            # locks would not be returned.
+            # A snapshot (see the class docstring): over the live view the comprehension can yield the
+            # GIL to a C wait adding its grant, "dictionary changed size during iteration" (seen in CI).
             toks = [t for t, rec in list(self._local.items()) if rec[0] is owner]
             if not toks or self._sf is None:
                 return

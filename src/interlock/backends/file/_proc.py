@@ -403,15 +403,7 @@ class Waker:
         if payload:
             t = self._posts.get((proc, n))
             if t is not None:
-                mbox, off, post, _ = t
-                # The grant first (sem_post orders it before the wake-up), its waiter id last: a thread
-                # woken early by a stale post reads the id first, so it never takes a half-written grant.
-                mbox[off + 8:off + GRANT_LEN] = payload[8:]
-                mbox[off:off + 8] = payload[:8]
-                try:
-                    post()
-                except (OSError, ValueError):  # (ValueError: already posted to its maximum)
-                    pass
+                self._deliver(t, payload)
                 return
         if n & SEM_FLAG:
             self._post(proc, n, payload)
@@ -438,6 +430,19 @@ class Waker:
             self._defer(self.addresser.addr(proc, n), payload)
         except OSError:
             self._conns.pop(key, None)  # the receiver closed: it is gone (see above)
+
+    @staticmethod
+    def _deliver(t: tuple[mmap.mmap, int, Callable[[], Any], int], payload: bytes) -> None:
+        """Write a grant into a cached mailbox slot and post its semaphore."""
+        mbox, off, post, _ = t
+        # The grant first (sem_post orders it before the wake-up), its waiter id last: a thread woken
+        # early by a stale post reads the id first, so it never takes a half-written grant.
+        mbox[off + 8:off + GRANT_LEN] = payload[8:]
+        mbox[off:off + 8] = payload[:8]
+        try:
+            post()
+        except (OSError, ValueError):  # (ValueError: already posted to its maximum)
+            pass
 
     def prime(self, proc: int, n: int) -> None:
         """Cache what a poke of semaphore slot ``n`` of process ``proc`` needs (its ``_posts`` entry),
@@ -476,16 +481,15 @@ class Waker:
         return sem
 
     def _post(self, proc: int, n: int, payload: bytes) -> None:
+        """wake() for a semaphore slot not in the cache yet (or a REFRESH): open it, then deliver."""
         sem = self._entry(proc, n)
         if sem is None:
             return
-        if payload:
-            t = self._posts.get((proc, n))
-            if t is not None:
-                mbox, off = t[0], t[1]
-                mbox[off + 8:off + GRANT_LEN] = payload[8:]  # the waiter id last (see wake())
-                mbox[off:off + 8] = payload[:8]
-        try:
+        t = self._posts.get((proc, n)) if payload else None
+        if t is not None:
+            self._deliver(t, payload)
+            return
+        try:  # a REFRESH, or a grant whose mailbox cannot be opened (the waiter then reads the state)
             sem.release()
         except (OSError, ValueError):
             pass
